@@ -1,0 +1,75 @@
+"""The mutual decoder: L cross-modal attention layers with Iterative Multi-Modal
+Interaction (IMI) between them.
+
+IMI [paper idea, reconstruction detail]: after layer i the word features are re-derived
+from the current multi-modal features X^(i+1) (B, HW, C):
+
+    P     = X^(i+1) W_p                                   (B, HW, C)
+    ctx_t = sum_p softmax_p((L_t W_a) . P_p / sqrt(C)) P_p   context pooled for each word
+    dL_t  = sum_t' softmax_t'((L_t W_q) . (ctx_t' W_k) / sqrt(C)) ctx_t' W_v   (T x T, real words only)
+    L^(i+1) = LN(L^(i) + g_i dL)                           g_i a learnable gate
+
+so deeper layers read a view of the sentence informed by the image. With ``imi=False``
+every layer reads the encoder's F_t.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .attention import ATTENTION, masked_softmax
+
+
+class LanguageUpdate(nn.Module):
+    """One IMI step: (X (B,HW,C), L (B,T,C), word_mask (B,T)) -> new L (B,T,C)."""
+
+    def __init__(self, dim: int, gate_init: float = 0.1):
+        super().__init__()
+        self.p = nn.Linear(dim, dim)
+        self.a = nn.Linear(dim, dim)
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.gate = nn.Parameter(torch.tensor(float(gate_init)))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, lang: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        C = x.shape[-1]
+        p = self.p(x)
+        pool = torch.softmax(self.a(lang) @ p.transpose(1, 2) / math.sqrt(C), dim=-1)  # (B, T, HW)
+        ctx = pool @ p  # (B, T, C)
+        r = masked_softmax(self.q(lang) @ self.k(ctx).transpose(1, 2) / math.sqrt(C), word_mask[:, None, :], dim=-1)
+        delta = r @ self.v(ctx)
+        out = self.norm(lang + self.gate * delta)
+        return out * word_mask[..., None].to(out.dtype)
+
+
+class MutualDecoder(nn.Module):
+    """Stack of ``layers`` attention layers (``attention`` = "mutual" | "generic"), with IMI
+    between consecutive layers when ``imi`` is True."""
+
+    def __init__(self, dim: int, heads: int, t_max: int, layers: int = 2, attention: str = "mutual", imi: bool = True,
+                 fusion: str = "product", dropout: float = 0.1):
+        super().__init__()
+        if attention not in ATTENTION:
+            raise ValueError(f"unknown attention {attention!r}: use one of {sorted(ATTENTION)}")
+        if layers < 1:
+            raise ValueError("the decoder needs at least one layer")
+        cls = ATTENTION[attention]
+        self.layers = nn.ModuleList(cls(dim, heads, t_max, fusion=fusion, dropout=dropout) for _ in range(layers))
+        self.updates = nn.ModuleList(LanguageUpdate(dim) for _ in range(layers - 1)) if imi else None
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, lang: torch.Tensor, word_mask: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        """x (B, HW, C), pos (B or 1, HW, C), lang F_t (B, T, C), word_mask (B, T).
+
+        Returns the final multi-modal pixel features (B, HW, C) and one attention dict per layer.
+        """
+        maps = []
+        for i, layer in enumerate(self.layers):
+            x, att = layer(x, pos, lang, word_mask)
+            maps.append(att)
+            if self.updates is not None and i < len(self.updates):
+                lang = self.updates[i](x, lang, word_mask)
+        return x, maps

@@ -1,0 +1,41 @@
+"""Language encoder: word embeddings and a bidirectional LSTM [paper]."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+
+class LanguageEncoder(nn.Module):
+    """Word ids to per-word features F_t and a sentence feature f_s.
+
+    Arguments:
+        vocab_size: V. word_dim: embedding size (300, the GloVe size). dim: C, the output
+        size; each LSTM direction has C/2 units.
+    """
+
+    def __init__(self, vocab_size: int, dim: int, word_dim: int = 300, dropout: float = 0.1):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"language feature size must be even, got {dim}")
+        self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
+        self.lstm = nn.LSTM(word_dim, dim // 2, batch_first=True, bidirectional=True)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, words: torch.Tensor, word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """words: (B, T) long; word_mask: (B, T) bool, True for real words.
+
+        Returns F_t (B, T, C), zero at padded words, and f_s (B, C): the final forward
+        state and the final backward state (the state after reading the first word).
+        A sentence with no words gives zeros.
+        """
+        B, T = words.shape
+        x = self.drop(self.embed(words))
+        lengths = word_mask.sum(1)
+        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        out, (h, _) = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
+        has_words = (lengths > 0).to(out.dtype)
+        feats = out * word_mask.unsqueeze(-1).to(out.dtype)
+        sent = torch.cat([h[0], h[1]], dim=1) * has_words[:, None]
+        return self.drop(feats), sent

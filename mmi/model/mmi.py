@@ -1,0 +1,96 @@
+"""The MMI network, composed from parts passed in."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .decoder import MutualDecoder
+from .language import LanguageEncoder
+from .lfr import LanguageReconstruction
+from .mask_head import MaskHead
+from .vision import VisionEncoder
+
+
+class MMI(nn.Module):
+    """Image and expression in; mask logits (and attention) out.
+
+    Arguments:
+        backbone: module mapping (B, 3, S, S) to [f8, f16, f32].
+        vision: VisionEncoder (levels -> pixel tokens). language: LanguageEncoder.
+        decoder: MutualDecoder. mask_head: MaskHead. lfr: LanguageReconstruction or None.
+        image_size: S. t_max: T. lfr_weight, mask_weight: the loss weights.
+        config: the JSON-safe dict that ``build_model_from_config`` rebuilds this from.
+    """
+
+    def __init__(self, backbone: nn.Module, vision: VisionEncoder, language: LanguageEncoder, decoder: MutualDecoder,
+                 mask_head: MaskHead, lfr: LanguageReconstruction | None, image_size: int, t_max: int,
+                 lfr_weight: float = 0.1, mask_weight: float = 1.0, config: dict | None = None):
+        super().__init__()
+        self.backbone, self.vision, self.language = backbone, vision, language
+        self.decoder, self.mask_head, self.lfr = decoder, mask_head, lfr
+        self.image_size, self.t_max = image_size, t_max
+        self.lfr_weight, self.mask_weight = lfr_weight, mask_weight
+        self.config = dict(config or {})
+
+    def set_word_vectors(self, table: torch.Tensor) -> None:
+        """Initialise the word embedding from a (V, word_dim) table."""
+        emb = self.language.embed.weight
+        if table.shape != emb.shape:
+            raise ValueError(f"word vectors of shape {tuple(table.shape)} do not fit the embedding {tuple(emb.shape)}")
+        with torch.no_grad():
+            emb.copy_(table.to(emb))
+
+    def encode_image(self, image: torch.Tensor) -> dict:
+        """image (B, 3, S, S) -> language-free features: ``pixels`` (B, HW, C), ``pos``
+        (1, HW, C), ``f8`` (B, C8, S/8, S/8) and ``hw`` (H, W)."""
+        feats = self.backbone(image)
+        pixels, pos, hw = self.vision(feats)
+        return {"pixels": pixels, "pos": pos, "f8": feats[0], "hw": hw}
+
+    def decode(self, feats: dict, words: torch.Tensor, word_mask: torch.Tensor, return_attention: bool = False) -> dict:
+        """feats from ``encode_image`` (batch B or 1, broadcast), words (B, T), word_mask (B, T).
+
+        Returns ``{"logits": (B, 1, S/4, S/4)}`` and, when asked, ``"attention"``: one dict
+        per decoder layer with ``lav`` (B, heads, T, H, W) and ``val`` (B, heads, T, H, W).
+        """
+        out, _ = self._decode(feats, words, word_mask.bool(), self.language(words, word_mask.bool()), return_attention)
+        return out
+
+    def _decode(self, feats: dict, words: torch.Tensor, word_mask: torch.Tensor, lang: tuple, return_attention: bool) -> tuple[dict, torch.Tensor]:
+        B = words.shape[0]
+        pixels, f8 = feats["pixels"], feats["f8"]
+        if pixels.shape[0] != B:
+            if pixels.shape[0] != 1:
+                raise ValueError(f"image features of batch {pixels.shape[0]} cannot serve {B} expressions")
+            pixels, f8 = pixels.expand(B, -1, -1), f8.expand(B, -1, -1, -1)
+        x, maps = self.decoder(pixels, feats["pos"], lang[0], word_mask)
+        H, W = feats["hw"]
+        grid = x.transpose(1, 2).reshape(B, -1, H, W)
+        out = {"logits": self.mask_head(grid, f8)}
+        if return_attention:
+            out["attention"] = [{k: v.reshape(*v.shape[:3], H, W) for k, v in m.items()} for m in maps]
+        return out, x
+
+    def forward(self, batch: dict, return_attention: bool = False) -> dict:
+        """batch: ``image`` (B, 3, S, S), ``words`` (B, T), ``word_mask`` (B, T) and, in
+        training, ``mask`` (B, 1, S, S).
+
+        Training mode returns ``loss``, ``loss_mask``, ``loss_lfr`` (when LFR is on) and
+        ``logits``; eval mode returns ``logits`` (B, 1, S/4, S/4) and optionally ``attention``.
+        """
+        words, word_mask = batch["words"], batch["word_mask"].bool()
+        lang = self.language(words, word_mask)
+        out, x = self._decode(self.encode_image(batch["image"]), words, word_mask, lang, return_attention)
+        if not self.training:
+            return out
+        logits = out["logits"]
+        target = F.interpolate(batch["mask"].to(logits.dtype), size=logits.shape[-2:], mode="area")
+        loss_mask = F.binary_cross_entropy_with_logits(logits.float(), target.float())
+        out["loss_mask"] = loss_mask
+        loss = self.mask_weight * loss_mask
+        if self.lfr is not None:
+            out["loss_lfr"] = self.lfr(x, lang[0], lang[1], word_mask)
+            loss = loss + self.lfr_weight * out["loss_lfr"]
+        out["loss"] = loss
+        return out

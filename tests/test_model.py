@@ -1,0 +1,190 @@
+"""The MMI network: attention normalisation, padding, switches, gradients, overfitting."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmi.model import build_model
+from mmi.model.attention import MutualAttention, masked_softmax
+
+torch.set_num_threads(2)
+V = 30
+
+
+def make_batch(model, B=3, lengths=(5, 2, 7), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    S, T = model.image_size, model.t_max
+    words = torch.zeros(B, T, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for i, n in enumerate(lengths[:B]):
+        words[i, :n] = torch.randint(2, V, (n,), generator=g)
+        mask[i, :n] = True
+    gt = torch.zeros(B, 1, S, S)
+    for i in range(B):
+        y, x = (4 * torch.randint(0, S // 8, (2,), generator=g)).tolist()  # stride-4 aligned: hard targets
+        gt[i, :, y : y + S // 4, x : x + S // 2] = 1
+    return {"image": torch.randn(B, 3, S, S, generator=g), "words": words, "word_mask": mask, "mask": gt}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("tiny", V).eval()
+
+
+def test_lav_and_val_are_normalised(tiny):
+    batch = make_batch(tiny)
+    with torch.no_grad():
+        out = tiny(batch, return_attention=True)
+    m = batch["word_mask"]
+    assert len(out["attention"]) == 2
+    for att in out["attention"]:
+        lav, val = att["lav"], att["val"]  # (B, h, T, H, W)
+        assert lav.shape == val.shape == (3, 2, tiny.t_max, 4, 4)
+        lav_sum = lav.flatten(3).sum(-1)  # over pixels
+        assert torch.allclose(lav_sum[m[:, None].expand_as(lav_sum)], torch.ones(()), atol=1e-5)
+        assert (lav_sum[~m[:, None].expand_as(lav_sum)] == 0).all()
+        val_sum = val.sum(2)  # over words, per pixel
+        assert torch.allclose(val_sum, torch.ones_like(val_sum), atol=1e-5)
+        padded = ~m[:, None, :, None, None].expand_as(val)
+        assert (val[padded] == 0).all()
+
+
+def test_padded_words_do_not_change_the_output(tiny):
+    batch = make_batch(tiny)
+    other = dict(batch, words=batch["words"].clone())
+    other["words"][~batch["word_mask"]] = torch.randint(2, V, (int((~batch["word_mask"]).sum()),))
+    with torch.no_grad():
+        a, b = tiny(batch, return_attention=True), tiny(other, return_attention=True)
+    assert not torch.equal(batch["words"], other["words"])
+    assert torch.allclose(a["logits"], b["logits"], atol=1e-5)
+    for x, y in zip(a["attention"], b["attention"]):
+        assert torch.allclose(x["val"], y["val"], atol=1e-6)
+
+
+def test_order_free_fusion_is_normalised_and_padding_free():
+    torch.manual_seed(0)
+    layer = MutualAttention(16, 2, t_max=6, fusion="order_free").eval()
+    x, pos, lang = torch.randn(2, 9, 16), torch.zeros(1, 9, 16), torch.randn(2, 6, 16)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    lang2 = lang.clone()
+    lang2[~mask] = torch.randn(int((~mask).sum()), 16)
+    (a, att), (b, _) = layer(x, pos, lang, mask), layer(x, pos, lang2, mask)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(att["val"].sum(2), torch.ones(2, 2, 9), atol=1e-6)
+
+
+def test_masked_softmax_with_no_valid_position_is_zero():
+    s = torch.randn(2, 4)
+    m = torch.tensor([[True, False, True, False], [False] * 4])
+    out = masked_softmax(s, m, dim=1)
+    assert torch.allclose(out[0].sum(), torch.tensor(1.0)) and (out[0, [1, 3]] == 0).all()
+    assert (out[1] == 0).all() and not out.isnan().any()
+
+
+def test_empty_expression_gives_finite_logits(tiny):
+    batch = make_batch(tiny, B=2, lengths=(0, 3))
+    with torch.no_grad():
+        out = tiny(batch, return_attention=True)
+    assert torch.isfinite(out["logits"]).all()
+    assert (out["attention"][0]["val"][0] == 0).all()
+
+
+def test_generic_attention_has_no_val_path():
+    model = build_model("tiny", V, attention="generic").eval()
+    assert not any(".l." in n or n.endswith(".l.weight") for n, _ in model.named_parameters())
+    with torch.no_grad():
+        out = model(make_batch(model), return_attention=True)
+    assert all(set(a) == {"lav"} for a in out["attention"])
+    assert torch.isfinite(out["logits"]).all()
+
+
+def test_lfr_switch_and_eval_mode():
+    off = build_model("tiny", V, lfr=False).train()
+    assert off.lfr is None
+    out = off(make_batch(off))
+    assert "loss_lfr" not in out and torch.allclose(out["loss"], out["loss_mask"])
+
+    on = build_model("tiny", V).train()
+    calls = []
+    on.lfr.register_forward_hook(lambda *a: calls.append(1))
+    out = on(make_batch(on))
+    assert "loss_lfr" in out and len(calls) == 1
+    assert torch.allclose(out["loss"], out["loss_mask"] + 0.1 * out["loss_lfr"])
+    on.eval()
+    with torch.no_grad():
+        out = on(make_batch(on))
+    assert len(calls) == 1 and set(out) == {"logits"}
+
+
+def test_imi_switch_changes_the_decoder():
+    on, off = build_model("tiny", V), build_model("tiny", V, imi=False)
+    assert on.decoder.updates is not None and len(on.decoder.updates) == 1
+    assert off.decoder.updates is None
+
+
+def test_encode_decode_matches_forward_and_broadcasts(tiny):
+    batch = make_batch(tiny)
+    with torch.no_grad():
+        full = tiny(batch)["logits"]
+        one = dict(batch, image=batch["image"][:1].expand(3, -1, -1, -1))
+        ref = tiny(one)["logits"]
+        feats = tiny.encode_image(batch["image"][:1])
+        split = tiny.decode(feats, batch["words"], batch["word_mask"])["logits"]
+    assert full.shape == (3, 1, 16, 16)
+    assert torch.allclose(split, ref, atol=1e-5)
+
+
+def test_unknown_override_and_preset_are_errors():
+    with pytest.raises(ValueError, match="unknown preset"):
+        build_model("nope", V)
+    with pytest.raises(ValueError, match="attentionz"):
+        build_model("tiny", V, attentionz="mutual")
+    with pytest.raises(ValueError, match="generic"):
+        build_model("tiny", V, attention="other")
+
+
+SMALL = {
+    "tiny": {},
+    "demo": dict(backbone_weights=None, image_size=64, dim=32, heads=2, head_channels=32),
+    "paper_darknet53": dict(backbone_weights=None, image_size=64, dim=32, heads=2, head_channels=32),
+    "paper_swin_b": dict(backbone_weights=None, image_size=64, dim=32, heads=2, head_channels=32),
+}
+
+
+@pytest.mark.parametrize("preset", list(SMALL))
+def test_every_parameter_gets_a_gradient(preset):
+    torch.manual_seed(0)
+    model = build_model(preset, V, **SMALL[preset]).train()
+    batch = make_batch(model, B=2, lengths=(model.t_max, 3))
+    model(batch)["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"{preset}: no gradient for {missing[:10]}"
+
+
+@pytest.mark.parametrize("attention,fusion", [("mutual", "product"), ("mutual", "order_free"), ("generic", "product")])
+def test_tiny_model_overfits_one_batch(attention, fusion):
+    torch.manual_seed(0)
+    model = build_model("tiny", V, attention=attention, fusion=fusion).train()
+    batch = make_batch(model, B=4, lengths=(5, 2, 7, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(250):
+        loss = model(batch)["loss"]
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first, (first, loss.item())
+
+
+def test_readme_parameter_counts_are_current():
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    text = readme.read_text()
+    from mmi.model.summary import parameter_counts
+
+    for preset, count in parameter_counts(vocab_size=1000).items():
+        m = re.search(rf"\|\s*`{preset}`\s*\|[^|\n]*\|\s*([\d,]+)\s*\|", text)
+        assert m, f"README has no parameter row for {preset}"
+        assert int(m.group(1).replace(",", "")) == count, preset
