@@ -118,6 +118,16 @@ def test_lfr_switch_and_eval_mode():
     assert len(calls) == 1 and set(out) == {"logits"}
 
 
+def test_frozen_backbone_gets_no_gradient_and_keeps_bn_statistics():
+    model = build_model("tiny", V, frozen_backbone=True).train()
+    stats = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    model(make_batch(model))["loss"].backward()
+    assert not model.backbone.training and model.decoder.training
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert all(torch.equal(stats[k], v) for k, v in model.backbone.state_dict().items())
+    assert model.mask_head.inp[0].weight.grad is not None
+
+
 def test_imi_switch_changes_the_decoder():
     on, off = build_model("tiny", V), build_model("tiny", V, imi=False)
     assert on.decoder.updates is not None and len(on.decoder.updates) == 1
@@ -160,6 +170,7 @@ def test_every_parameter_gets_a_gradient(preset):
     batch = make_batch(model, B=2, lengths=(model.t_max, 3))
     model(batch)["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert all(p.requires_grad for p in model.parameters())
     assert not missing, f"{preset}: no gradient for {missing[:10]}"
 
 

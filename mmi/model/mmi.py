@@ -20,18 +20,32 @@ class MMI(nn.Module):
         vision: VisionEncoder (levels -> pixel tokens). language: LanguageEncoder.
         decoder: MutualDecoder. mask_head: MaskHead. lfr: LanguageReconstruction or None.
         image_size: S. t_max: T. lfr_weight, mask_weight: the loss weights.
+        frozen_backbone: keep the backbone's weights and BatchNorm statistics fixed.
         config: the JSON-safe dict that ``build_model_from_config`` rebuilds this from.
     """
 
     def __init__(self, backbone: nn.Module, vision: VisionEncoder, language: LanguageEncoder, decoder: MutualDecoder,
                  mask_head: MaskHead, lfr: LanguageReconstruction | None, image_size: int, t_max: int,
-                 lfr_weight: float = 0.1, mask_weight: float = 1.0, config: dict | None = None):
+                 lfr_weight: float = 0.1, mask_weight: float = 1.0, frozen_backbone: bool = False,
+                 config: dict | None = None):
         super().__init__()
         self.backbone, self.vision, self.language = backbone, vision, language
         self.decoder, self.mask_head, self.lfr = decoder, mask_head, lfr
         self.image_size, self.t_max = image_size, t_max
         self.lfr_weight, self.mask_weight = lfr_weight, mask_weight
         self.config = dict(config or {})
+        self.frozen_backbone = frozen_backbone
+        if frozen_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "MMI":
+        """As ``nn.Module.train``; a frozen backbone stays in eval mode (its BatchNorm
+        statistics stay those of its pretraining)."""
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
 
     def set_word_vectors(self, table: torch.Tensor) -> None:
         """Initialise the word embedding from a (V, word_dim) table."""

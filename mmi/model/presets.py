@@ -7,7 +7,7 @@ Settings:
     backbone, backbone_weights ("default" | None | path), image_size (S), dim (C), heads,
     encoder_layers, decoder_layers, head_channels (mask decoder), t_max (T), word_dim,
     attention ("mutual" | "generic"), fusion ("product" | "order_free"), imi, lfr,
-    lfr_weight, mask_weight, dropout.
+    lfr_weight, mask_weight, dropout, frozen_backbone (train the head only).
 
 The ``demo`` preset (MobileNetV2, S=256, C=128, 4 heads, mask decoder 128 channels) is
 sized for a CPU: at 256 px the stride-16 grid is 16x16, enough for the 3-9 object
@@ -28,7 +28,8 @@ from .mmi import MMI
 from .vision import VisionEncoder
 
 _COMMON = dict(backbone_weights="default", encoder_layers=2, decoder_layers=2, word_dim=300, attention="mutual",
-               fusion="product", imi=True, lfr=True, lfr_weight=0.1, mask_weight=1.0, dropout=0.1, t_max=15)
+               fusion="product", imi=True, lfr=True, lfr_weight=0.1, mask_weight=1.0, dropout=0.1, t_max=15,
+               frozen_backbone=False)
 
 
 def paper_darknet53() -> dict:
@@ -85,7 +86,7 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     head = MaskHead(dim, backbone.out_channels[0], cfg["head_channels"])
     lfr = LanguageReconstruction(dim, t_max) if cfg["lfr"] else None
     return MMI(backbone, vision, language, decoder, head, lfr, cfg["image_size"], t_max,
-               cfg["lfr_weight"], cfg["mask_weight"], config=cfg)
+               cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], config=cfg)
 
 
 def build_model_from_config(config: dict) -> MMI:
