@@ -269,3 +269,21 @@ def test_synthetic_layout_and_extra_splits(fresh, vocab):
     assert len(build_dataset("synref", root, "novel", 32, vocab, None, train=False)) == 1
     with pytest.raises(DatasetError, match="'nosuch' is not a split"):
         build_dataset("synref", root, "nosuch", 32, vocab, None, train=False)
+
+
+def test_list_of_rle_parts_is_the_union_and_mixed_lists_are_refused():
+    from pycocotools import mask as mask_utils
+
+    from mmi.data.refer import decode_segmentation
+
+    a = np.zeros((12, 10), dtype=np.uint8)
+    b = np.zeros((12, 10), dtype=np.uint8)
+    a[1:4, 1:5] = 1
+    b[6:11, 3:9] = 1
+    parts = []
+    for m in (a, b):
+        rle = mask_utils.encode(np.asfortranarray(m))
+        parts.append({"size": rle["size"], "counts": rle["counts"].decode("ascii")})
+    assert np.array_equal(decode_segmentation(parts, 12, 10), a | b)
+    with pytest.raises(ValueError, match="mixes polygons"):
+        decode_segmentation([[1, 1, 5, 1, 5, 5], parts[0]], 12, 10)

@@ -248,15 +248,22 @@ def sentence_text(sentence: dict) -> str:
 
 
 def decode_segmentation(seg: Any, h: int, w: int) -> np.ndarray:
-    """(H, W) uint8 in {0, 1} from COCO polygons, compressed or uncompressed RLE.
+    """(H, W) uint8 in {0, 1} from COCO polygons, compressed or uncompressed RLE, or a list
+    of RLE parts (the form the refer toolkit's ``getMask`` reads; the synthetic world writes it).
 
     Polygons: a list of flat ``[x0, y0, x1, y1, ...]`` lists; parts with fewer than three
     points are dropped and the rest are merged (union).
     """
     from pycocotools import mask as mask_utils
 
+    if isinstance(seg, list) and seg and all(isinstance(p, dict) for p in seg):
+        # a list of RLE parts (what the refer toolkit's getMask reads): union of the parts
+        return np.max(np.stack([decode_segmentation(p, h, w) for p in seg]), axis=0)
     if isinstance(seg, list):
-        polys = [[float(v) for v in p] for p in seg if isinstance(p, (list, tuple)) and len(p) >= 6 and len(p) % 2 == 0]
+        bad = [type(p).__name__ for p in seg if not isinstance(p, (list, tuple))]
+        if bad:
+            raise ValueError(f"segmentation list mixes polygons with {bad[0]} items")
+        polys = [[float(v) for v in p] for p in seg if len(p) >= 6 and len(p) % 2 == 0]
         if not polys:
             return np.zeros((h, w), dtype=np.uint8)
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
