@@ -1,0 +1,241 @@
+"""Checkpoints: atomic writes, the inference-only format and the full training state.
+
+Two formats, both loadable with ``torch.load(..., weights_only=True)`` (only tensors,
+numbers, strings, lists and dicts inside):
+
+- inference (``mmi-inference/1``): ``{"format", "model": state_dict, "config": model.config,
+  "vocab": [words], "meta": dict}``; what ``app.py``, ``mmi.predictor`` and ``--eval-only`` read.
+- training (``mmi-train/1``): the inference keys plus ``optimizer``, ``scheduler``, ``scaler``,
+  ``epoch`` (epochs completed), ``step`` (optimiser steps), ``step_in_epoch``, ``rng`` (per
+  process: python, numpy, torch, cuda states as tensors and plain lists), ``best`` (best validation oIoU so far) and ``run_config``
+  (the resolved run configuration). ``--resume`` reads it.
+
+Every file is written to a temporary file in the same folder, flushed, fsynced and moved into
+place with ``os.replace``: a write killed midway leaves the previous file intact.
+"""
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from typing import Any
+
+import numpy as np
+import torch
+
+INFERENCE_FORMAT = "mmi-inference/1"
+TRAIN_FORMAT = "mmi-train/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, truncated or not in a known format."""
+
+
+# ----------------------------------------------------------------------------- atomic I/O
+
+def atomic_save(obj: Any, path: str) -> None:
+    """``torch.save(obj)`` to ``path`` atomically (temp file in the same folder, fsync, replace)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # plain open: the file mode follows the umask
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable where the platform allows it
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
+    """``torch.load(path, weights_only=True)`` with a :class:`CheckpointError` naming the file
+    when it is missing, truncated, unreadable or not an MMI checkpoint."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint is not a file: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types here (RuntimeError, UnpicklingError, KeyError, EOFError, ...)
+        text = str(e)
+        if "Weights only load failed" in text:
+            detail = next((ln.strip() for ln in text.splitlines() if "WeightsUnpickler error" in ln), "")
+            raise CheckpointError(f"refusing checkpoint {path}: it holds objects other than tensors and plain "
+                                  f"containers, which weights_only=True loading does not run. {detail}".strip()) from None
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated, corrupt or not a torch file): "
+                              f"{type(e).__name__} {first}".strip()) from None
+    if not isinstance(obj, dict) or "format" not in obj:
+        raise CheckpointError(f"{path} is not an MMI checkpoint (no 'format' key; a bare state_dict?)")
+    if obj["format"] not in (INFERENCE_FORMAT, TRAIN_FORMAT):
+        raise CheckpointError(f"{path} has unknown checkpoint format {obj['format']!r}; "
+                              f"expected {INFERENCE_FORMAT!r} or {TRAIN_FORMAT!r}")
+    missing = [k for k in ("model", "config", "vocab") if k not in obj]
+    if missing:
+        raise CheckpointError(f"{path} ({obj['format']}) lacks key(s) {missing}")
+    return obj
+
+
+# ----------------------------------------------------------------------------- inference
+
+def _state_dict(model: torch.nn.Module, half: bool = False) -> dict[str, torch.Tensor]:
+    """CPU copy of the weights (unwrapping DDP); float tensors to fp16 when ``half``."""
+    model = getattr(model, "module", model)
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().to("cpu")
+        if half and v.is_floating_point():
+            v = v.half()
+        out[k] = v.clone()
+    return out
+
+
+def save_inference(path: str, model: torch.nn.Module, vocab, meta: dict | None = None, half: bool = False) -> None:
+    """Write the inference checkpoint ``{"format": "mmi-inference/1", "model", "config", "vocab", "meta"}``.
+
+    ``vocab`` is a :class:`mmi.text.Vocabulary` (or a list of words); ``meta`` a JSON-safe dict
+    (dataset, epoch, metrics, ...). ``half=True`` stores float weights as fp16 (they are cast
+    back to fp32 on load).
+    """
+    model_ = getattr(model, "module", model)
+    words = vocab.to_list() if hasattr(vocab, "to_list") else list(vocab)
+    atomic_save({"format": INFERENCE_FORMAT, "model": _state_dict(model_, half), "config": dict(model_.config),
+                 "vocab": words, "meta": dict(meta or {})}, path)
+
+
+def model_from_checkpoint(obj: dict, path: str = "<checkpoint>"):
+    """Rebuild ``(model, vocab)`` from a loaded checkpoint dict (either format); model in eval mode."""
+    from ..model import build_model_from_config
+    from ..text import Vocabulary
+
+    try:
+        vocab = Vocabulary(obj["vocab"])
+        model = build_model_from_config(obj["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the model from its config: {e}") from None
+    state = obj["model"]
+    ref = model.state_dict()
+    state = {k: (v.to(ref[k].dtype) if k in ref and v.is_floating_point() else v) for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the model config: {str(e).splitlines()[0]}") from None
+    model.eval()
+    return model, vocab
+
+
+def load_inference(path: str, map_location: Any = "cpu"):
+    """Load ``(model, vocab, meta)`` from an inference or a full training checkpoint; the model is
+    in eval mode, on ``map_location`` when that names a device.
+
+    Raises :class:`CheckpointError` naming ``path`` when the file is missing, truncated,
+    not a checkpoint or of an unknown format.
+    """
+    obj = read_checkpoint(path, map_location)
+    model, vocab = model_from_checkpoint(obj, os.fspath(path))
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)
+    meta = dict(obj.get("meta") or {})
+    if obj["format"] == TRAIN_FORMAT:
+        meta.setdefault("epoch", obj.get("epoch"))
+        meta.setdefault("step", obj.get("step"))
+    return model, vocab, meta
+
+
+def export_inference(train_ckpt: str, out: str, half: bool = False) -> dict:
+    """Write the inference-only checkpoint of a training checkpoint (or re-write an inference
+    one); returns its meta."""
+    obj = read_checkpoint(train_ckpt)
+    meta = dict(obj.get("meta") or {})
+    if obj["format"] == TRAIN_FORMAT:
+        meta.update(epoch=obj.get("epoch"), step=obj.get("step"), source=os.path.basename(os.fspath(train_ckpt)))
+    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in obj["model"].items()}
+    atomic_save({"format": INFERENCE_FORMAT, "model": state, "config": obj["config"], "vocab": list(obj["vocab"]),
+                 "meta": meta}, out)
+    return meta
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+def get_rng_state() -> dict:
+    """Python, numpy, torch (and CUDA) RNG states as tensors and plain lists (weights_only safe)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [int(version), [int(x) for x in internal], gauss],
+        "numpy": [str(name), [int(x) for x in keys], int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu().to(torch.uint8) for s in cuda])
+
+
+# ----------------------------------------------------------------------------- training
+
+def save_training(path: str, *, model: torch.nn.Module, vocab, optimizer, scheduler, scaler, epoch: int, step: int,
+                  best: float, run_config: dict, meta: dict | None = None, step_in_epoch: int = 0,
+                  rng: list[dict] | None = None) -> None:
+    """Write the full training checkpoint (format ``mmi-train/1``, see the module docstring).
+
+    ``epoch``: epochs completed; ``step_in_epoch``: optimiser steps already done in epoch
+    ``epoch`` (a mid-epoch save), 0 at an epoch boundary; ``rng``: one :func:`get_rng_state`
+    per process (rank order), default this process's.
+    """
+    model_ = getattr(model, "module", model)
+    words = vocab.to_list() if hasattr(vocab, "to_list") else list(vocab)
+    atomic_save({
+        "format": TRAIN_FORMAT,
+        "model": _state_dict(model_),
+        "config": dict(model_.config),
+        "vocab": words,
+        "meta": dict(meta or {}),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "epoch": int(epoch),
+        "step": int(step),
+        "step_in_epoch": int(step_in_epoch),
+        "best": float(best),
+        "rng": rng if rng is not None else [get_rng_state()],
+        "run_config": run_config,
+    }, path)
+
+
+def load_training(path: str, map_location: Any = "cpu") -> dict:
+    """The dict of a training checkpoint; :class:`CheckpointError` when ``path`` is not one."""
+    obj = read_checkpoint(path, map_location)
+    if obj["format"] != TRAIN_FORMAT:
+        raise CheckpointError(f"{path} is an inference checkpoint ({obj['format']}); --resume needs a training "
+                              f"checkpoint such as RUN/last.pt")
+    return obj

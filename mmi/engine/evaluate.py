@@ -1,0 +1,188 @@
+"""Evaluation at the original image resolution: oIoU, mIoU, Prec@X and per-expression records.
+
+Per expression: logits (1, S/4, S/4) -> bilinear upsampling to S x S -> sigmoid ->
+``Letterbox.inverse`` (crop the padding, resize to H x W) -> ``> threshold`` -> compared with the
+ground truth at H x W (``dataset.original_mask``). Metric definitions: :mod:`mmi.metrics`.
+
+Distributed: each process takes an unpadded shard of the indices (:class:`ShardSampler`);
+the records are gathered and de-duplicated by dataset index, so every expression counts once.
+
+Results JSON (``write_results``)::
+
+    {"checkpoint", "dataset", "split", "split_by", "threshold", "image_size", "count",
+     "missing": expressions not evaluated (unreadable images), "totals": {count, oIoU, mIoU, Prec@X},
+     "by_type": {type: totals} (when the dataset gives expression types), "definitions": {...},
+     "records": [{index, ref_id, sent_id, ann_id, image_id, file_name, expression, type, iou,
+                  intersection, union, height, width, rle: {"size": [H, W], "counts": str}}]}
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from ..data import Letterbox, collate
+from ..metrics import DEFINITIONS, IoUAccumulator, format_table
+from .distributed import DistInfo, ShardSampler, all_gather_objects
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context of ``amp`` (off | bf16 | fp16) on ``device``."""
+    if amp == "off":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def probabilities(model: torch.nn.Module, batch: dict, device: torch.device, amp: str = "off",
+                  channels_last: bool = False) -> torch.Tensor:
+    """Foreground probabilities (B, S, S) on the letterboxed canvas, float32 on the CPU."""
+    image = batch["image"].to(device, non_blocking=True)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last)
+    inputs = {"image": image, "words": batch["words"].to(device), "word_mask": batch["word_mask"].to(device)}
+    with torch.no_grad(), autocast(device, amp):
+        logits = model(inputs)["logits"]
+    size = image.shape[-1]
+    logits = F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return torch.sigmoid(logits)[:, 0].cpu()
+
+
+def rle_encode(mask: np.ndarray) -> dict:
+    """COCO RLE of an (H, W) binary mask, ``counts`` as a str (JSON-safe)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _expression_type(dataset: Any, meta: dict) -> str | None:
+    if meta.get("type") is not None:
+        return str(meta["type"])
+    for getter in ("sentence", "ref"):
+        fn = getattr(dataset, getter, None)
+        if fn is None:
+            continue
+        t = fn(meta["index"]).get("type")
+        if t is not None:
+            return str(t)
+    return None
+
+
+def evaluate(model: torch.nn.Module, dataset: Any, device: torch.device, *, threshold: float = 0.5,
+             batch_size: int = 8, workers: int = 0, amp: str = "off", records: bool = True,
+             max_items: int | None = None, dist_info: DistInfo | None = None, progress: bool = False,
+             channels_last: bool = False) -> dict:
+    """Evaluate every expression of ``dataset`` (a non-training :class:`RefDataset`).
+
+    Returns ``{"totals", "by_type", "count", "missing", "records", "seconds"}``; ``records``
+    (with RLE masks when ``records`` is True) is complete on every process.
+    """
+    info = dist_info or DistInfo(device=device)
+    n = len(dataset) if max_items is None else min(len(dataset), int(max_items))
+    data = dataset if n == len(dataset) else Subset(dataset, range(n))
+    sampler = ShardSampler(n, info.rank, info.world_size)
+    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+                        pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    start = time.time()
+    local: list[dict] = []
+    bar = None
+    if progress and info.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(sampler), desc="eval", unit="expr", dynamic_ncols=True)
+    try:
+        for batch in loader:
+            probs = probabilities(model, batch, device, amp, channels_last)
+            for p, meta in zip(probs, batch["meta"]):
+                lb = Letterbox.from_dict(meta["letterbox"])
+                pred = lb.inverse(p.numpy()) > threshold
+                gt = dataset.original_mask(meta["index"]) != 0
+                if gt.shape != pred.shape:
+                    raise RuntimeError(f"ground truth {gt.shape} and prediction {pred.shape} differ for item {meta['index']}")
+                inter = int(np.count_nonzero(pred & gt))
+                union = int(np.count_nonzero(pred | gt))
+                rec = {k: meta[k] for k in ("index", "ref_id", "sent_id", "ann_id", "image_id", "file_name", "expression")}
+                rec.update(type=_expression_type(dataset, meta), iou=inter / union if union else 0.0,
+                           intersection=inter, union=union, height=int(gt.shape[0]), width=int(gt.shape[1]))
+                if records:
+                    rec["rle"] = rle_encode(pred)
+                local.append(rec)
+            if bar is not None:
+                bar.update(len(batch["meta"]))
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    merged: dict[int, dict] = {}
+    for part in all_gather_objects(local):
+        for rec in part:
+            merged.setdefault(rec["index"], rec)  # substituted items (bad images) count once
+    recs = [merged[i] for i in sorted(merged)]
+    acc = IoUAccumulator()
+    for r in recs:
+        acc.add(r["intersection"], r["union"], r["type"])
+    return {"totals": acc.summary(), "by_type": acc.by_group(), "count": len(recs), "missing": n - len(recs),
+            "records": recs, "seconds": round(time.time() - start, 2)}
+
+
+def results_table(name: str, result: dict) -> str:
+    """The totals (and the per-type rows) as a text table, metrics in percent."""
+    rows = [(name, result["totals"])] + [(f"  {t}", s) for t, s in result["by_type"].items()]
+    return format_table(rows)
+
+
+def write_results(path: str, result: dict, header: dict) -> None:
+    """Write the results JSON (see the module docstring) atomically."""
+    doc = dict(header)
+    doc.update(count=result["count"], missing=result["missing"], totals=result["totals"], by_type=result["by_type"],
+               definitions=DEFINITIONS, records=result["records"])
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf8") as f:
+        json.dump(doc, f)
+    os.replace(tmp, path)
+
+
+def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, split_by: str | None = None,
+                  image_dir: str | None = None, threshold: float = 0.5, out: str | None = None, batch_size: int = 8,
+                  workers: int = 2, device: str = "auto", amp: str = "off", max_items: int | None = None) -> dict:
+    """``train.py --eval-only``: load a checkpoint (training or inference), evaluate one split,
+    print the table, write the results JSON (default ``<checkpoint dir>/eval_<dataset>_<split>.json``)."""
+    from ..data import build_dataset
+    from .checkpoint import load_inference
+    from .distributed import cleanup, init_distributed
+
+    if not 0 < threshold < 1:
+        raise ValueError(f"--threshold must lie in (0, 1), got {threshold}")
+    info = init_distributed(device)
+    try:
+        model, vocab, meta = load_inference(checkpoint)
+        model.to(info.device)
+        ds = build_dataset(dataset, data_root, split, model.image_size, vocab, model.t_max, train=False,
+                           image_dir=image_dir, split_by=split_by)
+        result = evaluate(model, ds, info.device, threshold=threshold, batch_size=batch_size, workers=workers,
+                          amp=amp, records=True, max_items=max_items, dist_info=info, progress=True)
+        if info.is_main:
+            out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"eval_{dataset}_{split}.json")
+            header = {"checkpoint": os.path.abspath(checkpoint), "dataset": dataset, "split": split,
+                      "split_by": ds.refer.split_by, "threshold": threshold, "image_size": model.image_size,
+                      "t_max": model.t_max, "checkpoint_meta": meta}
+            write_results(out, result, header)
+            print(results_table(f"{dataset}/{split}", result))
+            if result["missing"]:
+                print(f"note: {result['missing']} expression(s) not evaluated (unreadable images)")
+            print(f"threshold {threshold}; metrics at the original resolution; results: {out}")
+            result["out"] = out
+        return result
+    finally:
+        cleanup()

@@ -1,0 +1,345 @@
+"""The training loop: one process per GPU (or one CPU process), resumable exactly.
+
+Reproducibility: the model is initialised from ``train.seed`` on every rank; the data order
+is a function of (seed, epoch) (``DistributedSampler``, also with one process) and the
+expression drawn per object a function of (seed, epoch, index) (the dataset); the RNG states
+of every rank go into each checkpoint. So ``--resume`` from ``last.pt`` (written at each
+epoch's end, optionally every N steps, then at the exact sample position) reaches the same
+weights as an uninterrupted run.
+
+Outputs in ``cfg["output"]``: ``config.json`` (resolved), ``log.jsonl``, ``last.pt``, ``best.pt``
+(by validation oIoU), ``curves.png``; see :mod:`mmi.engine.checkpoint` for the files' contents.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from ..data import build_dataset, collate
+from ..model import build_model, build_model_from_config, resolve_config
+from ..text import Vocabulary, word_vectors
+from .checkpoint import get_rng_state, load_training, save_training, set_rng_state
+from .config import check_paths, model_overrides, save_config
+from .distributed import (DistInfo, SkipSampler, all_gather_objects, all_reduce_max, all_reduce_mean, cleanup,
+                          init_distributed)
+from .evaluate import autocast, evaluate
+from .runlog import RunLogger, plot_curves
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without overwriting the last good checkpoint."""
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, iters_per_epoch: int, optim: dict) -> float:
+    """Multiplier of the base lr after ``step`` optimiser steps: linear warm-up from
+    ``warmup_factor`` over max(warmup_iters, warmup_epochs x iters_per_epoch) steps, times
+    ``gamma`` per milestone epoch passed (schedule ``step``)."""
+    factor = 1.0
+    warm = max(int(optim["warmup_iters"]), int(round(float(optim["warmup_epochs"]) * iters_per_epoch)))
+    if step < warm:
+        w0 = float(optim["warmup_factor"])
+        factor = w0 + (1.0 - w0) * step / warm
+    if optim["schedule"] == "step":
+        epoch = step // max(1, iters_per_epoch)
+        factor *= float(optim["gamma"]) ** sum(epoch >= m for m in optim["milestones"])
+    return factor
+
+
+def build_optimizer(model: torch.nn.Module, optim: dict) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    cls = torch.optim.AdamW if optim["name"] == "adamw" else torch.optim.Adam
+    return cls(params, lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"]))
+
+
+@dataclass
+class _State:
+    epoch: int = 0           # epochs completed
+    step: int = 0            # optimiser steps done
+    step_in_epoch: int = 0   # steps done inside epoch ``epoch``
+    best: float = -1.0       # best validation oIoU
+    last_val: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Builds everything a run needs from a resolved config, then :meth:`fit` trains it."""
+
+    def __init__(self, cfg: dict, resume: str | None = None, progress: bool = True):
+        self.cfg, self.progress = cfg, progress
+        check_paths(cfg)  # fail before any work, naming the missing path
+        t, d = cfg["train"], cfg["data"]
+        self.vectors = "from checkpoint"
+        self.info: DistInfo = init_distributed(t["device"])
+        self.device = self.info.device
+        self.out = cfg["output"]
+        ckpt = load_training(resume) if resume else None
+        self.state = _State()
+        set_seed(int(t["seed"]))  # the same initial weights on every rank
+
+        over = model_overrides(cfg)
+        # on resume the checkpoint's architecture wins (and so its S and T)
+        self._build_data(ckpt["config"] if ckpt else resolve_config(cfg["model"]["preset"], 2, **over), ckpt)
+        self._build_model(over, ckpt)
+
+        self.sampler = DistributedSampler(self.train_ds, num_replicas=self.info.world_size, rank=self.info.rank,
+                                          shuffle=True, seed=int(t["seed"]), drop_last=False)
+        bs = int(d["batch_size"])
+        # drop a last partial batch (BatchNorm cannot train on a batch of 1) unless that empties the epoch
+        self.drop_last = len(self.sampler) >= bs
+        full = len(self.sampler) // bs if self.drop_last else math.ceil(len(self.sampler) / bs)
+        cap = t["max_steps_per_epoch"]
+        self.iters_per_epoch = max(1, min(full, cap) if cap else full)
+
+        o = cfg["optim"]
+        self.optimizer = build_optimizer(self.model, o)
+        ipe = self.iters_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, ipe, o))
+        self.amp = t["amp"]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
+
+        if ckpt:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if ckpt.get("scaler"):
+                self.scaler.load_state_dict(ckpt["scaler"])
+            self.state = _State(int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt.get("step_in_epoch", 0)),
+                                float(ckpt.get("best", -1.0)), dict(ckpt.get("meta", {}).get("val") or {}))
+            rng = ckpt["rng"]
+            set_rng_state(rng[min(self.info.rank, len(rng) - 1)])
+        else:
+            set_seed(int(t["seed"]) + 1000 * self.info.rank)  # distinct dropout draws per rank
+
+        self.logger = RunLogger(self.out, enabled=self.info.is_main)
+        if self.info.is_main:
+            os.makedirs(self.out, exist_ok=True)
+            save_config(cfg, os.path.join(self.out, "config.json"))
+            self.logger.log("event", self.state.epoch, self.state.step,
+                            message="resume" if ckpt else "start", world_size=self.info.world_size,
+                            device=str(self.device), vocab=len(self.vocab), word_vectors=self.vectors,
+                            train_items=len(self.train_ds), iters_per_epoch=self.iters_per_epoch)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _build_data(self, mc: dict, ckpt: dict | None) -> None:
+        """Train (and val) datasets at the model's S and T; the vocabulary from the training
+        expressions (fresh run) or the checkpoint (resume)."""
+        t, d = self.cfg["train"], self.cfg["data"]
+        common = dict(image_dir=d["image_dir"], split_by=d["split_by"])
+        self.train_ds = build_dataset(d["dataset"], d["root"], d["train_split"], mc["image_size"], None, mc["t_max"],
+                                      train=True, seed=int(t["seed"]), **common)
+        self.val_ds = None
+        if t["val_every"] > 0:
+            self.val_ds = build_dataset(d["dataset"], d["root"], d["val_split"], mc["image_size"], None, mc["t_max"],
+                                        train=False, **common)
+        self.vocab = Vocabulary(ckpt["vocab"]) if ckpt else Vocabulary.from_sentences(self.train_ds.sentences())
+        for ds in (self.train_ds, self.val_ds):
+            if ds is not None:
+                ds.set_vocab(self.vocab)
+
+    def _build_model(self, over: dict, ckpt: dict | None) -> None:
+        """The model (word vectors on a fresh run, weights on resume), on the device, DDP-wrapped
+        when distributed: ``self.model`` the bare module, ``self.ddp`` what the loop calls."""
+        t = self.cfg["train"]
+        if ckpt:
+            model = build_model_from_config(ckpt["config"])
+            model.load_state_dict(ckpt["model"])
+            self.vectors = ckpt.get("meta", {}).get("word_vectors", "from checkpoint")
+        else:
+            model = build_model(self.cfg["model"]["preset"], len(self.vocab), **over)
+            wv = self.cfg["word_vectors"]
+            table, self.vectors = word_vectors(self.vocab, dim=model.config["word_dim"],
+                                               glove=wv["glove"] if wv["source"] == "glove" else None,
+                                               spacy=wv["source"] == "spacy")
+            model.set_word_vectors(table)
+        model.to(self.device)
+        self.channels_last = bool(t["channels_last"]) and self.device.type == "cuda"
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.info.distributed and t["sync_bn"] and self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.ddp = model
+        if self.info.distributed:
+            self.ddp = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                               find_unused_parameters=bool(t["find_unused_parameters"]))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _meta(self) -> dict:
+        d = self.cfg["data"]
+        return {"dataset": d["dataset"], "split_by": self.train_ds.refer.split_by, "epoch": self.state.epoch,
+                "step": self.state.step, "val": self.state.last_val, "word_vectors": self.vectors,
+                "output": self.out}
+
+    def save(self, name: str) -> str:
+        """Write ``<out>/<name>`` (full training state). Collective: call on every rank."""
+        rng = all_gather_objects(get_rng_state())
+        path = os.path.join(self.out, name)
+        if self.info.is_main:
+            save_training(path, model=self.model, vocab=self.vocab, optimizer=self.optimizer, scheduler=self.scheduler,
+                          scaler=self.scaler, epoch=self.state.epoch, step=self.state.step, best=self.state.best,
+                          run_config=self.cfg, meta=self._meta(), step_in_epoch=self.state.step_in_epoch, rng=rng)
+        return path
+
+    # ------------------------------------------------------------------ loop
+
+    def _loader(self, epoch: int, skip_steps: int) -> DataLoader:
+        self.train_ds.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        bs = int(self.cfg["data"]["batch_size"])
+        workers = int(self.cfg["data"]["workers"])
+        gen = torch.Generator().manual_seed(int(self.cfg["train"]["seed"]) * 100003 + epoch)  # keeps the global RNG untouched
+        return DataLoader(self.train_ds, batch_size=bs, sampler=SkipSampler(self.sampler, skip_steps * bs),
+                          num_workers=workers, collate_fn=collate, drop_last=self.drop_last,
+                          pin_memory=self.device.type == "cuda", generator=gen)
+
+    def _step(self, batch: dict) -> torch.Tensor:
+        """One optimiser step; returns the rank-averaged (loss, loss_mask, loss_lfr)."""
+        t, o = self.cfg["train"], self.cfg["optim"]
+        image = batch["image"].to(self.device, non_blocking=True)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        inputs = {"image": image, "words": batch["words"].to(self.device), "word_mask": batch["word_mask"].to(self.device),
+                  "mask": batch["mask"].to(self.device, non_blocking=True)}
+        with autocast(self.device, self.amp):
+            out = self.ddp(inputs)
+        loss = out["loss"]
+        zero = torch.zeros((), device=loss.device)
+        parts = torch.stack([loss.detach().float(), out.get("loss_mask", zero).detach().float(),
+                             out.get("loss_lfr", zero).detach().float()])
+        parts = all_reduce_mean(parts)
+        if not bool(torch.isfinite(parts).all()):
+            return parts  # the caller stops the run before any weight changes
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if float(o["grad_clip"]) > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(o["grad_clip"]))
+        self.lr_used = self.optimizer.param_groups[0]["lr"]
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return parts
+
+    def _non_finite(self, parts: torch.Tensor, epoch: int) -> NonFiniteLossError:
+        last = os.path.join(self.out, "last.pt")
+        where = f"{last} (epoch {self.state.epoch})" if os.path.exists(last) else "none yet (no last.pt written)"
+        msg = (f"non-finite loss at epoch {epoch + 1}, step {self.state.step + 1}: loss={parts[0].item()}, "
+               f"loss_mask={parts[1].item()}, loss_lfr={parts[2].item()}. Training stopped; the weights were not "
+               f"updated with it and the last good checkpoint is {where}. Try a lower optim.lr, a warm-up "
+               f"(optim.warmup_epochs), optim.grad_clip, or train.amp=off.")
+        self.logger.log("event", epoch, self.state.step, message="non-finite loss", detail=msg)
+        return NonFiniteLossError(msg)
+
+    def validate(self, epoch: int) -> dict:
+        t = self.cfg["train"]
+        res = evaluate(self.model, self.val_ds, self.device, threshold=float(self.cfg["eval"]["threshold"]),
+                       batch_size=int(self.cfg["eval"]["batch_size"]), workers=int(self.cfg["data"]["workers"]),
+                       amp=t["amp"], records=False, max_items=self.cfg["data"]["val_max_items"], dist_info=self.info,
+                       channels_last=self.channels_last)
+        return res["totals"]
+
+    def fit(self) -> dict:
+        """Train from the current state to ``train.epochs``; returns a summary dict."""
+        t = self.cfg["train"]
+        epochs, budget = int(t["epochs"]), t["time_budget_min"]
+        start_time = time.time()
+        stopped_early = False
+        bs = int(self.cfg["data"]["batch_size"]) * self.info.world_size
+        while self.state.epoch < epochs and not stopped_early:
+            epoch = self.state.epoch
+            skip = self.state.step_in_epoch
+            bar = None
+            if self.progress and self.info.is_main:
+                from tqdm import tqdm
+
+                bar = tqdm(total=self.iters_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}",
+                           dynamic_ncols=True, leave=False)
+            sums, count, tick = np.zeros(3), 0, time.time()
+            self.ddp.train()
+            for batch in self._loader(epoch, skip) if skip < self.iters_per_epoch else []:
+                parts = self._step(batch)
+                if not bool(torch.isfinite(parts).all()):
+                    if bar is not None:
+                        bar.close()
+                    raise self._non_finite(parts, epoch)
+                self.state.step += 1
+                self.state.step_in_epoch += 1
+                vals = parts.tolist()
+                sums += vals
+                count += 1
+                speed = bs / max(1e-9, time.time() - tick)
+                tick = time.time()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{vals[0]:.4f}", img_s=f"{speed:.1f}")
+                    bar.update(1)
+                if self.state.step % max(1, int(t["log_every"])) == 0 or self.state.step_in_epoch == 1:
+                    self.logger.log("train", epoch + 1, self.state.step, loss=vals[0], loss_mask=vals[1],
+                                    loss_lfr=vals[2], lr=self.lr_used, images_per_s=round(speed, 2))
+                if t["save_every_steps"] and self.state.step % int(t["save_every_steps"]) == 0:
+                    self.save("last.pt")
+                if budget is not None and all_reduce_max(time.time() - start_time, self.device) > 60 * float(budget):
+                    stopped_early = True
+                    break
+                if self.state.step_in_epoch >= self.iters_per_epoch:
+                    break
+            if bar is not None:
+                bar.close()
+            if count:
+                m = sums / count
+                self.logger.log("epoch", epoch + 1, self.state.step, loss=m[0], loss_mask=m[1], loss_lfr=m[2])
+            if stopped_early and self.state.step_in_epoch < self.iters_per_epoch:
+                self.save("last.pt")  # mid-epoch: --resume continues from this sample on
+                self.logger.log("event", epoch + 1, self.state.step, message="time budget reached")
+                break
+            self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
+            is_val = self.val_ds is not None and ((epoch + 1) % int(t["val_every"]) == 0 or epoch + 1 == epochs)
+            improved = False
+            if is_val:
+                self.state.last_val = self.validate(epoch)
+                self.logger.log("val", epoch + 1, self.state.step, **self.state.last_val)
+                improved = self.state.last_val["oIoU"] > self.state.best
+                if improved:
+                    self.state.best = self.state.last_val["oIoU"]
+                if self.info.is_main and self.progress:
+                    v = self.state.last_val
+                    print(f"epoch {epoch + 1}: val oIoU {100 * v['oIoU']:.2f}  mIoU {100 * v['mIoU']:.2f}  "
+                          f"Prec@0.5 {100 * v['Prec@0.5']:.2f}" + ("  (best)" if improved else ""), flush=True)
+            self.save("last.pt")
+            if improved:
+                self.save("best.pt")
+        return self.finish(stopped_early)
+
+    def finish(self, stopped_early: bool) -> dict:
+        if self.info.is_main:
+            self.logger.log("event", self.state.epoch, self.state.step, message="end", stopped_early=stopped_early)
+            self.logger.close()
+            try:
+                plot_curves(self.logger.path, os.path.join(self.out, "curves.png"))
+            except Exception as e:  # a plot must never lose a finished run
+                print(f"warning: could not draw {self.out}/curves.png: {e}")
+        return {"epoch": self.state.epoch, "step": self.state.step, "best_oIoU": self.state.best,
+                "last_val": self.state.last_val, "stopped_early": stopped_early, "output": self.out}
+
+
+def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run training for a resolved config (see :mod:`mmi.engine.config`); the process group is
+    torn down at the end. Raises :class:`NonFiniteLossError` on a NaN/inf loss."""
+    try:
+        return Trainer(cfg, resume=resume, progress=progress).fit()
+    finally:
+        cleanup()

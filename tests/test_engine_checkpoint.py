@@ -1,0 +1,145 @@
+"""Checkpoint formats, atomic writes, clear errors, RNG state, export."""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from mmi.engine import checkpoint as ck
+from mmi.engine.checkpoint import (CheckpointError, export_inference, get_rng_state, load_inference, load_training,
+                                   save_inference, save_training, set_rng_state)
+from mmi.model import build_model
+from mmi.text import Vocabulary
+
+
+@pytest.fixture(scope="module")
+def model_vocab():
+    torch.manual_seed(0)
+    vocab = Vocabulary(["red", "left", "box"])
+    return build_model("tiny", len(vocab)), vocab
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_inference_round_trip(model_vocab, tmp_path):
+    model, vocab = model_vocab
+    path = str(tmp_path / "m.pt")
+    save_inference(path, model, vocab, {"dataset": "synref", "val": {"oIoU": 0.5}})
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "mmi-inference/1" and raw["vocab"] == vocab.to_list()
+    assert set(raw) == {"format", "model", "config", "vocab", "meta"}
+    m2, v2, meta = load_inference(path)
+    assert v2 == vocab and meta == {"dataset": "synref", "val": {"oIoU": 0.5}}
+    assert _same_weights(model, m2) and not m2.training
+    assert m2.config == model.config
+    assert [f for f in os.listdir(tmp_path) if f != "m.pt"] == []  # no temp file left behind
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "truncated", "bare_state_dict", "wrong_format", "not_torch", "unsafe_pickle"])
+def test_bad_files_raise_checkpoint_error_naming_the_file(model_vocab, tmp_path, case):
+    model, vocab = model_vocab
+    path = str(tmp_path / f"{case}.pt")
+    good = str(tmp_path / "good.pt")
+    save_inference(good, model, vocab)
+    expect = {"missing": "not found", "empty": "empty", "truncated": "cannot read", "bare_state_dict": "not an MMI checkpoint",
+              "wrong_format": "unknown checkpoint format", "not_torch": "cannot read", "unsafe_pickle": "weights_only"}[case]
+    if case == "empty":
+        open(path, "wb").close()
+    elif case == "truncated":
+        data = open(good, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    elif case == "bare_state_dict":
+        torch.save(model.state_dict(), path)
+    elif case == "wrong_format":
+        torch.save({"format": "something/9", "model": {}, "config": {}, "vocab": []}, path)
+    elif case == "not_torch":
+        open(path, "w").write("hello, not a checkpoint\n")
+    elif case == "unsafe_pickle":
+        torch.save({"format": "mmi-inference/1", "obj": random.Random(1)}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_inference(path)
+    assert path in str(err.value) and expect in str(err.value)
+
+
+def test_training_checkpoint_is_not_accepted_for_resume_when_inference(model_vocab, tmp_path):
+    model, vocab = model_vocab
+    path = str(tmp_path / "inf.pt")
+    save_inference(path, model, vocab)
+    with pytest.raises(CheckpointError, match="inference checkpoint"):
+        load_training(path)
+
+
+def test_atomic_write_killed_midway_keeps_previous_file(model_vocab, tmp_path, monkeypatch):
+    model, vocab = model_vocab
+    path = str(tmp_path / "last.pt")
+    save_inference(path, model, vocab, {"epoch": 1})
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        real_save({"format": "mmi-inference/1", "model": {"x": torch.zeros(1000)}}, f)
+        f.truncate(100)  # partial bytes, then the "crash"
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(ck.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_inference(path, model, vocab, {"epoch": 2})
+    monkeypatch.setattr(ck.torch, "save", real_save)
+    m2, _, meta = load_inference(path)
+    assert meta == {"epoch": 1} and _same_weights(model, m2)
+    assert os.listdir(tmp_path) == ["last.pt"]  # the partial temp file was removed
+
+
+def test_rng_state_round_trip_through_weights_only(tmp_path):
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached gauss value in the python state
+    state = get_rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.rand(3).tolist(), torch.rand(3))
+    loaded = torch.load(tmp_path / "rng.pt", weights_only=True)
+    set_rng_state(loaded)
+    got = (random.random(), np.random.rand(3).tolist(), torch.rand(3))
+    assert got[0] == expected[0] and got[1] == expected[1] and torch.equal(got[2], expected[2])
+
+
+def test_full_training_checkpoint_and_export(model_vocab, tmp_path):
+    model, vocab = model_vocab
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    b = {"image": torch.randn(2, 3, 64, 64), "words": torch.tensor([[2, 3, 0, 0, 0, 0, 0, 0]] * 2),
+         "word_mask": torch.tensor([[1, 1, 0, 0, 0, 0, 0, 0]] * 2).bool(), "mask": torch.ones(2, 1, 64, 64)}
+    model(b)["loss"].backward()
+    opt.step()
+    model.eval()
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    path = str(tmp_path / "last.pt")
+    save_training(path, model=model, vocab=vocab, optimizer=opt, scheduler=sched, scaler=scaler, epoch=3, step=30,
+                  best=0.4, run_config={"output": "x"}, meta={"dataset": "refcoco"})
+    raw = torch.load(path, weights_only=True)  # everything inside is weights_only-safe
+    assert raw["format"] == "mmi-train/1" and raw["epoch"] == 3 and raw["step"] == 30 and raw["best"] == 0.4
+    assert {"python", "numpy", "torch"} <= set(raw["rng"][0])
+    opt2 = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt2.load_state_dict(raw["optimizer"])
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    # a training checkpoint serves inference directly ...
+    m2, v2, meta = load_inference(path)
+    assert _same_weights(model, m2) and v2 == vocab and meta["epoch"] == 3
+    # ... and exports to a smaller inference-only file, fp32 or fp16
+    out32, out16 = str(tmp_path / "w32.pt"), str(tmp_path / "w16.pt")
+    export_inference(path, out32)
+    export_inference(path, out16, half=True)
+    assert os.path.getsize(out16) < os.path.getsize(out32) < os.path.getsize(path)
+    m32, _, meta32 = load_inference(out32)
+    assert _same_weights(model, m32) and meta32["epoch"] == 3 and meta32["dataset"] == "refcoco"
+    assert torch.load(out32, weights_only=True)["format"] == "mmi-inference/1"
+    m16, _, _ = load_inference(out16)
+    w, w16 = model.state_dict(), m16.state_dict()
+    assert all(w16[k].dtype == w[k].dtype for k in w)  # cast back to the model's dtypes
+    key = next(k for k in w if w[k].is_floating_point() and w[k].numel() > 100)
+    assert torch.allclose(w16[key], w[key], atol=1e-2) and not torch.equal(w16[key], w[key])

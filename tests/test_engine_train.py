@@ -1,0 +1,145 @@
+"""The training loop on the tiny preset and the refer-layout fixture: exact resume (at an
+epoch boundary and mid-epoch), NaN stop, outputs, evaluation records."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from mmi.engine.checkpoint import load_inference, load_training
+from mmi.engine.config import load_config
+from mmi.engine.evaluate import evaluate
+from mmi.engine.trainer import NonFiniteLossError, lr_factor, train
+
+try:
+    import fixtures_refer as fx
+except ImportError:  # tests/ imported as a package
+    from tests import fixtures_refer as fx
+
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("refer"))
+    fx.write_refer_fixture(path)
+    return path
+
+
+def _cfg(root: str, out: str, *extra: str) -> dict:
+    # dropout 0.1 so that the restored torch RNG matters; batch 1 -> 3 steps per epoch
+    return load_config(None, ["model.preset=tiny", "model.overrides.dropout=0.1", "data.dataset=refcoco",
+                              f"data.root={root}", "data.batch_size=1", "data.workers=0", "train.epochs=2",
+                              f"output={out}", "word_vectors.source=random", "train.log_every=1",
+                              "optim.lr=0.003", "optim.warmup_iters=2", "optim.milestones=[1]", *extra])
+
+
+def _assert_same_state(a: str, b: str) -> None:
+    ca, cb = load_training(a), load_training(b)
+    assert ca["epoch"] == cb["epoch"] and ca["step"] == cb["step"]
+    assert ca["model"].keys() == cb["model"].keys()
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa[k][name], sb[k][name])
+    assert ca["scheduler"]["last_epoch"] == cb["scheduler"]["last_epoch"]
+
+
+def test_resume_at_epoch_boundary_is_exact(root, tmp_path):
+    straight = train(_cfg(root, str(tmp_path / "a")), progress=False)
+    assert straight["epoch"] == 2 and straight["step"] == 6
+    train(_cfg(root, str(tmp_path / "b"), "train.epochs=1"), progress=False)
+    assert load_training(str(tmp_path / "b" / "last.pt"))["epoch"] == 1
+    train(_cfg(root, str(tmp_path / "b")), resume=str(tmp_path / "b" / "last.pt"), progress=False)
+    _assert_same_state(str(tmp_path / "a" / "last.pt"), str(tmp_path / "b" / "last.pt"))
+    # and the weights did move during training
+    init = train(_cfg(root, str(tmp_path / "c"), "train.epochs=1", "train.max_steps_per_epoch=1"), progress=False)
+    assert init["step"] == 1
+    c, a = load_training(str(tmp_path / "c" / "last.pt")), load_training(str(tmp_path / "a" / "last.pt"))
+    assert any(not torch.equal(c["model"][k], a["model"][k]) for k in a["model"])
+
+    # outputs of the straight run
+    out = tmp_path / "a"
+    for name in ("config.json", "log.jsonl", "last.pt", "best.pt", "curves.png"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch"] for r in lines if r["kind"] == "val"] == [1, 2]
+    assert json.loads((out / "config.json").read_text())["optim"]["lr"] == 0.003
+    # warm-up over 2 steps then x0.1 from epoch 1 (the milestone) on
+    lrs = [r["lr"] for r in lines if r["kind"] == "train"]
+    assert lrs[0] == pytest.approx(0.003 * 0.001) and lrs[2] == pytest.approx(0.003)
+    assert lrs[3] == pytest.approx(0.0003)
+    # the checkpoint loads as an inference model too
+    model, vocab, meta = load_inference(str(out / "best.pt"))
+    assert meta["dataset"] == "refcoco" and len(vocab) == model.config["vocab_size"]
+
+
+def test_resume_mid_epoch_is_exact(root, tmp_path):
+    train(_cfg(root, str(tmp_path / "a")), progress=False)
+    # a time budget of 0 minutes stops after the first step and saves last.pt mid-epoch
+    first = train(_cfg(root, str(tmp_path / "b"), "train.time_budget_min=0"), progress=False)
+    assert first["stopped_early"] and first["step"] == 1
+    ck = load_training(str(tmp_path / "b" / "last.pt"))
+    assert ck["epoch"] == 0 and ck["step_in_epoch"] == 1
+    train(_cfg(root, str(tmp_path / "b")), resume=str(tmp_path / "b" / "last.pt"), progress=False)
+    _assert_same_state(str(tmp_path / "a" / "last.pt"), str(tmp_path / "b" / "last.pt"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(root, tmp_path, monkeypatch):
+    from mmi.model import MMI
+
+    out = str(tmp_path / "nan")
+    train(_cfg(root, out, "train.epochs=1"), progress=False)
+    before = load_training(os.path.join(out, "last.pt"))
+    forward = MMI.forward
+
+    def poisoned(self, batch, return_attention=False):
+        res = forward(self, batch, return_attention)
+        if self.training:
+            res["loss"] = res["loss"] * float("nan")
+        return res
+
+    monkeypatch.setattr(MMI, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at epoch 2.*last.pt \\(epoch 1\\)"):
+        train(_cfg(root, out), resume=os.path.join(out, "last.pt"), progress=False)
+    after = load_training(os.path.join(out, "last.pt"))
+    assert after["epoch"] == 1 and after["step"] == before["step"]
+    assert all(torch.equal(after["model"][k], before["model"][k]) for k in before["model"])
+    assert "non-finite loss" in open(os.path.join(out, "log.jsonl")).read()
+
+
+def test_lr_factor_warmup_and_steps():
+    o = {"warmup_iters": 0, "warmup_epochs": 1, "warmup_factor": 0.0, "schedule": "step", "milestones": [2, 3], "gamma": 0.1}
+    assert [lr_factor(s, 4, o) for s in (0, 2, 4, 7)] == pytest.approx([0.0, 0.5, 1.0, 1.0])
+    assert lr_factor(8, 4, o) == pytest.approx(0.1) and lr_factor(12, 4, o) == pytest.approx(0.01)
+    assert lr_factor(12, 4, dict(o, schedule="constant")) == 1.0
+
+
+def test_evaluate_records_match_totals(root, tmp_path):
+    from mmi.data import build_dataset
+    from mmi.model import build_model
+    from mmi.text import Vocabulary
+
+    torch.manual_seed(0)
+    model = build_model("tiny", 30).eval()
+    ds = build_dataset("refcoco", root, "testB", 64, Vocabulary(["square", "small"]), 8, train=False)
+    res = evaluate(model, ds, torch.device("cpu"), threshold=0.5, batch_size=2)
+    assert res["count"] == len(ds) == 3 and res["missing"] == 0
+    recs = res["records"]
+    assert sorted(r["index"] for r in recs) == [0, 1, 2]
+    from pycocotools import mask as mask_utils
+
+    for r in recs:
+        gt = ds.original_mask(r["index"])
+        pred = mask_utils.decode({"size": r["rle"]["size"], "counts": r["rle"]["counts"].encode()})
+        assert pred.shape == gt.shape == (r["height"], r["width"])
+        assert int((pred & (gt > 0)).sum()) == r["intersection"]
+        assert int((pred | (gt > 0)).sum()) == r["union"]
+    total_i, total_u = sum(r["intersection"] for r in recs), sum(r["union"] for r in recs)
+    assert res["totals"]["oIoU"] == pytest.approx(total_i / total_u if total_u else 0.0)

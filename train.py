@@ -1,0 +1,109 @@
+"""Train, evaluate or export an MMI model.
+
+Train (one GPU or the CPU; resolved config, log.jsonl, last.pt, best.pt, curves.png in the output folder):
+    python train.py --config configs/demo_synref.json [--set optim.lr=0.001 data.batch_size=8 ...]
+Distributed data parallel, one process per GPU (torchrun sets RANK, LOCAL_RANK, WORLD_SIZE):
+    torchrun --nproc_per_node 4 train.py --config configs/paper_darknet53_refcoco.json
+Resume exactly where last.pt left off (the run's own config is reused; --set may change e.g. train.epochs):
+    python train.py --resume runs/demo_synref/last.pt
+Evaluate (training or inference checkpoint) at the original image resolution:
+    python train.py --eval-only --checkpoint runs/x/best.pt --dataset refcoco --split val --data-root data
+Export the inference-only checkpoint:
+    python train.py --export runs/x/best.pt --out weights/x.pt [--half]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="a JSON config (configs/*.json)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override config values, dotted keys, JSON values: optim.lr=0.001 model.overrides.imi=false")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a training checkpoint (RUN/last.pt)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev = p.add_argument_group("evaluation (--eval-only)")
+    ev.add_argument("--eval-only", action="store_true")
+    ev.add_argument("--checkpoint", help="training or inference checkpoint to evaluate")
+    ev.add_argument("--dataset", help="refcoco | refcoco+ | refcocog | synref | synref_long")
+    ev.add_argument("--split", help="e.g. val, testA, testB, test")
+    ev.add_argument("--data-root", default="data")
+    ev.add_argument("--split-by", default=None, help="unc | google | umd (default: the dataset's)")
+    ev.add_argument("--image-dir", default=None)
+    ev.add_argument("--threshold", type=float, default=0.5, help="probability threshold (VLT/CRIS use 0.35)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
+    ev.add_argument("--max-items", type=int, default=None, help="evaluate only the first N expressions")
+    ex = p.add_argument_group("export")
+    ex.add_argument("--export", metavar="CKPT", help="write the inference-only checkpoint of CKPT to --out")
+    ex.add_argument("--half", action="store_true", help="store fp16 weights in the export")
+    p.add_argument("--out", help="--eval-only: results JSON; --export: the inference checkpoint")
+    args = p.parse_args(argv)
+    modes = sum([bool(args.eval_only), bool(args.export), bool(args.config or args.resume)])
+    if modes != 1:
+        p.error("choose one of: --config/--resume (train), --eval-only, --export")
+    if args.eval_only:
+        missing = [f"--{k.replace('_', '-')}" for k in ("checkpoint", "dataset", "split") if not getattr(args, k)]
+        if missing:
+            p.error(f"--eval-only needs {' '.join(missing)}")
+    if args.export and not args.out:
+        p.error("--export needs --out")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from mmi.data import DatasetError
+    from mmi.engine.checkpoint import CheckpointError, export_inference, load_training
+    from mmi.engine.config import ConfigError, apply_layer, check_paths, load_config, validate, DEFAULTS
+
+    try:
+        if args.export:
+            meta = export_inference(args.export, args.out, half=args.half)
+            print(f"wrote {args.out} (epoch {meta.get('epoch')}, {'fp16' if args.half else 'fp32'} weights)")
+            return 0
+        if args.eval_only:
+            from mmi.engine.evaluate import run_eval_only
+
+            run_eval_only(args.checkpoint, args.dataset, args.split, args.data_root, split_by=args.split_by,
+                          image_dir=args.image_dir, threshold=args.threshold, out=args.out, batch_size=args.batch_size,
+                          workers=args.workers, device=args.device, amp=args.amp, max_items=args.max_items)
+            return 0
+        if args.resume and not args.config:
+            saved = load_training(args.resume).get("run_config")
+            if not isinstance(saved, dict):
+                raise ConfigError(f"{args.resume} holds no run config; pass --config as well")
+            cfg = apply_layer(apply_layer(DEFAULTS, saved), _overrides(args.set))
+            validate(cfg)
+        else:
+            cfg = load_config(args.config, args.set)
+        check_paths(cfg)
+        from mmi.engine.trainer import NonFiniteLossError, train
+
+        try:
+            summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+        except NonFiniteLossError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 3
+        if os.environ.get("RANK", "0") == "0":
+            print(f"done: {summary['epoch']} epochs, {summary['step']} steps, best val oIoU "
+                  f"{100 * max(summary['best_oIoU'], 0):.2f}; outputs in {summary['output']}")
+        return 0
+    except (ConfigError, CheckpointError, DatasetError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _overrides(pairs: list[str]) -> dict:
+    from mmi.engine.config import parse_overrides
+
+    return parse_overrides(pairs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
