@@ -199,3 +199,23 @@ def test_readme_parameter_counts_are_current():
         m = re.search(rf"\|\s*`{preset}`\s*\|[^|\n]*\|\s*([\d,]+)\s*\|", text)
         assert m, f"README has no parameter row for {preset}"
         assert int(m.group(1).replace(",", "")) == count, preset
+
+
+def test_feature_cache_reuses_frozen_backbone_outputs():
+    from mmi.model.feature_cache import FeatureCache
+
+    torch.manual_seed(0)
+    model = build_model("tiny", V, frozen_backbone=True).eval()  # eval: the head's BN must not mix the batch
+    batch = make_batch(model, B=3)
+    calls = []
+    model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    plain = model.encode_image(batch["image"])["pixels"]
+    model.feature_cache = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+    first = model.encode_image(batch["image"])["pixels"]
+    swapped = model.encode_image(batch["image"][[2, 0]])["pixels"]
+    assert calls == [3, 3]  # the second call with the cache computed nothing
+    assert torch.allclose(first, plain, atol=1e-6) and torch.allclose(swapped, first[[2, 0]], atol=1e-6)
+    assert model.feature_cache.hits == 2 and model.feature_cache.misses == 3
+    out = model.train()(batch)
+    out["loss"].backward()
+    assert model.mask_head.inp[0].weight.grad is not None

@@ -72,6 +72,7 @@ DEFAULTS: dict[str, Any] = {
         "val_every": 1,              # validate every N epochs; 0 disables validation and best.pt
         "save_every_steps": 0,       # also write last.pt every N optimiser steps (0: per epoch only)
         "log_every": 10,             # steps between log.jsonl lines
+        "cache_backbone_gb": 0.0,    # with model.overrides.frozen_backbone: memo its outputs (GB of RAM, fp16)
         "sync_bn": False,            # SyncBatchNorm across GPUs (CUDA only)
         "find_unused_parameters": False,
     },

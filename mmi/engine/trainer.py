@@ -166,6 +166,10 @@ class Trainer:
                                                spacy=wv["source"] == "spacy")
             model.set_word_vectors(table)
         model.to(self.device)
+        if model.frozen_backbone and float(t["cache_backbone_gb"]) > 0:
+            from ..model.feature_cache import FeatureCache
+
+            model.feature_cache = FeatureCache(int(float(t["cache_backbone_gb"]) * 2**30))
         self.channels_last = bool(t["channels_last"]) and self.device.type == "cuda"
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)

@@ -35,6 +35,7 @@ class MMI(nn.Module):
         self.lfr_weight, self.mask_weight = lfr_weight, mask_weight
         self.config = dict(config or {})
         self.frozen_backbone = frozen_backbone
+        self.feature_cache = None  # a FeatureCache for a frozen backbone (training speed-up), not saved
         if frozen_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -58,7 +59,10 @@ class MMI(nn.Module):
     def encode_image(self, image: torch.Tensor) -> dict:
         """image (B, 3, S, S) -> language-free features: ``pixels`` (B, HW, C), ``pos``
         (1, HW, C), ``f8`` (B, C8, S/8, S/8) and ``hw`` (H, W)."""
-        feats = self.backbone(image)
+        if self.feature_cache is not None and self.frozen_backbone:
+            feats = self.feature_cache(self.backbone, image)
+        else:
+            feats = self.backbone(image)
         pixels, pos, hw = self.vision(feats)
         return {"pixels": pixels, "pos": pos, "f8": feats[0], "hw": hw}
 
