@@ -38,6 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ev.add_argument("--workers", type=int, default=2)
     ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
+    ev.add_argument("--language", choices=["normal", "empty", "mismatched"], default="normal",
+                    help="probe: evaluate with no words, or with another object's expression from the same image")
     ev.add_argument("--max-items", type=int, default=None, help="evaluate only the first N expressions")
     ex = p.add_argument_group("export")
     ex.add_argument("--export", metavar="CKPT", help="write the inference-only checkpoint of CKPT to --out")
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
             run_eval_only(args.checkpoint, args.dataset, args.split, args.data_root, split_by=args.split_by,
                           image_dir=args.image_dir, threshold=args.threshold, out=args.out, batch_size=args.batch_size,
-                          workers=args.workers, device=args.device, amp=args.amp, max_items=args.max_items)
+                          workers=args.workers, device=args.device, amp=args.amp, max_items=args.max_items,
+                          language=args.language)
             return 0
         if args.resume and not args.config:
             saved = load_training(args.resume).get("run_config")

@@ -19,7 +19,6 @@ from gradio_client.exceptions import AppError  # noqa: E402
 import app  # noqa: E402
 from mmi.predictor import Predictor  # noqa: E402
 
-torch.set_num_threads(2)
 
 
 def free_port() -> int:

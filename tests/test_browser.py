@@ -15,7 +15,6 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import app  # noqa: E402
 from mmi.predictor import Predictor  # noqa: E402
 
-torch.set_num_threads(2)
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-quic"]

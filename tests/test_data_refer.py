@@ -287,3 +287,28 @@ def test_list_of_rle_parts_is_the_union_and_mixed_lists_are_refused():
     assert np.array_equal(decode_segmentation(parts, 12, 10), a | b)
     with pytest.raises(ValueError, match="mixes polygons"):
         decode_segmentation([[1, 1, 5, 1, 5, 5], parts[0]], 12, 10)
+
+
+def test_language_probes_keep_the_target_and_change_the_words(data, vocab):
+    ds = build_dataset("refcoco", data.root, "train", 32, vocab, 15, train=False)
+    normal = [ds[i] for i in range(len(ds))]
+    ds.set_language("empty")
+    for i, item in enumerate(ds):
+        assert item["meta"]["expression"] == "" and not item["word_mask"].any()
+        assert torch.equal(item["mask"], normal[i]["mask"])
+    ds.set_language("mismatched")
+    by_image = {}
+    for it in normal:
+        by_image.setdefault(it["meta"]["image_id"], set()).add(it["meta"]["ref_id"])
+    for i, item in enumerate(ds):
+        own = normal[i]["meta"]
+        assert torch.equal(item["mask"], normal[i]["mask"]) and item["meta"]["ref_id"] == own["ref_id"]
+        other_exprs = {it["meta"]["expression"] for it in normal
+                       if it["meta"]["image_id"] == own["image_id"] and it["meta"]["ref_id"] != own["ref_id"]}
+        if len(by_image[own["image_id"]]) > 1:
+            assert item["meta"]["expression"] in other_exprs
+        else:
+            assert item["meta"]["expression"] == own["expression"]
+    assert ds.unmatched == sum(len(by_image[it["meta"]["image_id"]]) == 1 for it in normal) < len(ds)
+    with pytest.raises(ValueError, match="unknown language probe"):
+        ds.set_language("shuffled")

@@ -8,7 +8,6 @@ import torch
 from mmi.model import build_model
 from mmi.model.attention import MutualAttention, masked_softmax
 
-torch.set_num_threads(2)
 V = 30
 
 

@@ -14,7 +14,6 @@ from pycocotools import mask as mask_utils
 
 from mmi.predictor import FULL_RES_PIXELS, Predictor, count_regions, display_size, image_key, to_rgb
 
-torch.set_num_threads(2)
 EXPRS = ["the red cube on the left", "a blue ball", "the big green thing at the top"]
 
 

@@ -96,6 +96,7 @@ class RefDataset(Dataset):
             self._items: list[tuple[int, int]] = [(rid, -1) for rid in self.ref_ids]
         else:
             self._items = [(rid, k) for rid in self.ref_ids for k in range(len(refer.refs[rid]["sentences"]))]
+        self.language, self.unmatched = "normal", 0  # evaluation probe: see set_language()
         self._images = _LRU(cache_images)  # image_id -> (canvas (S,S,3) uint8, Letterbox)
         self._masks = _LRU(cache_masks)  # ann_id -> (S,S) uint8
 
@@ -107,6 +108,44 @@ class RefDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Re-draw the expression of every object (training only)."""
         self.epoch = int(epoch)
+
+    def set_language(self, mode: str) -> None:
+        """A probe of whether the model uses the expression (evaluation only); the ground
+        truth stays the item's own object.
+
+        - ``normal``: the item's own expression;
+        - ``empty``: no words at all;
+        - ``mismatched``: the expression of another object in the same image (the next
+          ref of that image in ref-id order, the same sentence slot modulo its count);
+          items whose image has no other referred object keep their own expression and
+          are counted in ``self.unmatched``.
+        """
+        if mode not in ("normal", "empty", "mismatched"):
+            raise ValueError(f"unknown language probe {mode!r}: use normal, empty or mismatched")
+        self.language = mode
+        self.unmatched = 0
+        if mode == "mismatched":
+            by_image: dict[int, list[int]] = {}
+            for rid in self.ref_ids:
+                by_image.setdefault(int(self.refer.refs[rid]["image_id"]), []).append(rid)
+            self._other = {}
+            for rids in by_image.values():
+                rids = sorted(rids)
+                for j, rid in enumerate(rids):
+                    if len(rids) > 1:
+                        self._other[rid] = rids[(j + 1) % len(rids)]
+            self.unmatched = sum(1 for rid, _ in self._items if rid not in self._other)
+
+    def _probe_text(self, index: int, text: str) -> str:
+        if self.language == "empty":
+            return ""
+        if self.language == "mismatched":
+            rid, k = self._items[index]
+            other = self._other.get(rid)
+            if other is not None:
+                sents = self.refer.refs[other]["sentences"]
+                return sentence_text(sents[max(k, 0) % len(sents)])
+        return text
 
     def set_vocab(self, vocab: Vocabulary) -> None:
         self.vocab = vocab
@@ -162,7 +201,7 @@ class RefDataset(Dataset):
             raise RuntimeError("RefDataset has no vocabulary: pass vocab to build_dataset or call set_vocab()")
         ref = self.ref(index)
         sent = self.sentence(index)
-        text = sentence_text(sent)
+        text = self._probe_text(index, sentence_text(sent))
         image_id, ann_id = int(ref["image_id"]), int(ref["ann_id"])
         canvas, lb = self._canvas(image_id)
         mask = self._mask(ann_id, lb)

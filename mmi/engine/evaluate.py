@@ -155,9 +155,11 @@ def write_results(path: str, result: dict, header: dict) -> None:
 
 def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, split_by: str | None = None,
                   image_dir: str | None = None, threshold: float = 0.5, out: str | None = None, batch_size: int = 8,
-                  workers: int = 2, device: str = "auto", amp: str = "off", max_items: int | None = None) -> dict:
+                  workers: int = 2, device: str = "auto", amp: str = "off", max_items: int | None = None,
+                  language: str = "normal") -> dict:
     """``train.py --eval-only``: load a checkpoint (training or inference), evaluate one split,
-    print the table, write the results JSON (default ``<checkpoint dir>/eval_<dataset>_<split>.json``)."""
+    print the table, write the results JSON (default ``<checkpoint dir>/eval_<dataset>_<split>.json``,
+    ``..._<language>.json`` for a language probe: ``RefDataset.set_language``)."""
     from ..data import build_dataset
     from .checkpoint import load_inference
     from .distributed import cleanup, init_distributed
@@ -170,15 +172,18 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
         model.to(info.device)
         ds = build_dataset(dataset, data_root, split, model.image_size, vocab, model.t_max, train=False,
                            image_dir=image_dir, split_by=split_by)
+        ds.set_language(language)
         result = evaluate(model, ds, info.device, threshold=threshold, batch_size=batch_size, workers=workers,
                           amp=amp, records=True, max_items=max_items, dist_info=info, progress=True)
         if info.is_main:
-            out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"eval_{dataset}_{split}.json")
+            probe = "" if language == "normal" else f"_{language}"
+            out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"eval_{dataset}_{split}{probe}.json")
             header = {"checkpoint": os.path.abspath(checkpoint), "dataset": dataset, "split": split,
                       "split_by": ds.refer.split_by, "threshold": threshold, "image_size": model.image_size,
-                      "t_max": model.t_max, "checkpoint_meta": meta}
+                      "t_max": model.t_max, "checkpoint_meta": meta,
+                      "language": language, "language_unmatched": ds.unmatched}
             write_results(out, result, header)
-            print(results_table(f"{dataset}/{split}", result))
+            print(results_table(f"{dataset}/{split}" + (f" ({language} expressions)" if probe else ""), result))
             if result["missing"]:
                 print(f"note: {result['missing']} expression(s) not evaluated (unreadable images)")
             print(f"threshold {threshold}; metrics at the original resolution; results: {out}")

@@ -24,9 +24,14 @@ class MaskHead(nn.Module):
         self.mid = nn.Sequential(conv_bn_relu(channels + channels // 2, channels // 2), conv_bn_relu(channels // 2, channels // 2))
         self.out = nn.Sequential(conv_bn_relu(channels // 2, channels // 4), nn.Conv2d(channels // 4, 1, 1))
 
-    def forward(self, x: torch.Tensor, f8: torch.Tensor) -> torch.Tensor:
-        """x (B, C, H, W) at stride 16; f8 (B, C8, 2H, 2W). Returns logits (B, 1, 4H, 4W)."""
-        x = F.interpolate(self.inp(x), size=f8.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.mid(torch.cat([x, self.skip(f8)], dim=1))
+    def project_skip(self, f8: torch.Tensor) -> torch.Tensor:
+        """The language-free part: the stride-8 level (B, C8, 2H, 2W) projected to (B, channels/2, 2H, 2W).
+        The model computes it once per image (``MMI.encode_image``)."""
+        return self.skip(f8)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) at stride 16; skip = ``project_skip(f8)``. Returns logits (B, 1, 4H, 4W)."""
+        x = F.interpolate(self.inp(x), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.mid(torch.cat([x, skip], dim=1))
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
         return self.out(x)

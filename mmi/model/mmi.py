@@ -58,13 +58,14 @@ class MMI(nn.Module):
 
     def encode_image(self, image: torch.Tensor) -> dict:
         """image (B, 3, S, S) -> language-free features: ``pixels`` (B, HW, C), ``pos``
-        (1, HW, C), ``f8`` (B, C8, S/8, S/8) and ``hw`` (H, W)."""
+        (1, HW, C), ``skip`` (B, C', S/8, S/8), the mask head's projection of the stride-8
+        level, and ``hw`` (H, W)."""
         if self.feature_cache is not None and self.frozen_backbone:
             feats = self.feature_cache(self.backbone, image)
         else:
             feats = self.backbone(image)
         pixels, pos, hw = self.vision(feats)
-        return {"pixels": pixels, "pos": pos, "f8": feats[0], "hw": hw}
+        return {"pixels": pixels, "pos": pos, "skip": self.mask_head.project_skip(feats[0]), "hw": hw}
 
     def decode(self, feats: dict, words: torch.Tensor, word_mask: torch.Tensor, return_attention: bool = False) -> dict:
         """feats from ``encode_image`` (batch B or 1, broadcast), words (B, T), word_mask (B, T).
@@ -77,15 +78,15 @@ class MMI(nn.Module):
 
     def _decode(self, feats: dict, words: torch.Tensor, word_mask: torch.Tensor, lang: tuple, return_attention: bool) -> tuple[dict, torch.Tensor]:
         B = words.shape[0]
-        pixels, f8 = feats["pixels"], feats["f8"]
+        pixels, skip = feats["pixels"], feats["skip"]
         if pixels.shape[0] != B:
             if pixels.shape[0] != 1:
                 raise ValueError(f"image features of batch {pixels.shape[0]} cannot serve {B} expressions")
-            pixels, f8 = pixels.expand(B, -1, -1), f8.expand(B, -1, -1, -1)
+            pixels, skip = pixels.expand(B, -1, -1), skip.expand(B, -1, -1, -1)
         x, maps = self.decoder(pixels, feats["pos"], lang[0], word_mask)
         H, W = feats["hw"]
         grid = x.transpose(1, 2).reshape(B, -1, H, W)
-        out = {"logits": self.mask_head(grid, f8)}
+        out = {"logits": self.mask_head(grid, skip)}
         if return_attention:
             out["attention"] = [{k: v.reshape(*v.shape[:3], H, W) for k, v in m.items()} for m in maps]
         return out, x
