@@ -9,7 +9,10 @@ same split with ``train.py --eval-only`` (oIoU, mIoU, Prec@X at the original res
     +LFR       generic attention + LFR
     all        mutual attention + IMI + LFR (the full MMI)
 
-    python scripts/ablation.py --seeds 0 1 --steps 800 --image-size 128 --out runs/ablation
+    python scripts/ablation.py --seeds 0 1 --steps 400 --image-size 192 --max-items 1000 --out runs/ablation
+
+The recipe is the shipped model's (configs/demo_synref.json: frozen ImageNet MobileNetV2,
+BCE + Dice, Adam lr 1e-3), shortened to fit a 2-core CPU: S=192, 400 steps of batch 16.
 
 Runs whose results JSON already exists are not repeated, so an interrupted ablation
 resumes where it stopped. Prints a markdown table of mean and spread (max - min over
@@ -43,13 +46,15 @@ def one(variant: str, seed: int, args) -> dict:
     out = os.path.join(args.out, f"{variant.strip('+')}_s{seed}")
     result = os.path.join(out, f"eval_{args.split}.json")
     if not os.path.exists(result):
-        over = dict(VARIANTS[variant], frozen_backbone=True, image_size=args.image_size)
+        over = dict(VARIANTS[variant], frozen_backbone=True, image_size=args.image_size, dice_weight=1.0)
         run([sys.executable, "train.py", "--config", args.config, "--no-progress", "--set",
              f"model.overrides={json.dumps(over)}", f"train.seed={seed}", "train.epochs=1",
              f"train.max_steps_per_epoch={args.steps}", "train.time_budget_min=null", "train.val_every=0",
-             "train.save_every_steps=0", "optim.milestones=[]", f"data.root={args.data_root}", f"output={out}"])
+             "train.save_every_steps=0", "optim.milestones=[]", "optim.lr=0.001", "optim.warmup_iters=100",
+             f"data.workers={args.workers}", f"data.root={args.data_root}", f"output={out}"])
         run([sys.executable, "train.py", "--eval-only", "--checkpoint", os.path.join(out, "last.pt"),
-             "--dataset", "synref", "--split", args.split, "--data-root", args.data_root, "--out", result])
+             "--dataset", "synref", "--split", args.split, "--data-root", args.data_root, "--out", result,
+             "--max-items", str(args.max_items), "--workers", str(args.workers)])
     with open(result) as f:
         return json.load(f)["totals"]
 
@@ -60,16 +65,18 @@ def main() -> None:
     ap.add_argument("--data-root", default="data")
     ap.add_argument("--split", default="val")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--steps", type=int, default=800)
-    ap.add_argument("--image-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--image-size", type=int, default=192)
+    ap.add_argument("--max-items", type=int, default=1000, help="evaluate the first N expressions of the split")
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", default="runs/ablation")
     args = ap.parse_args()
     rows = {}
     for v in args.variants:
         rows[v] = [one(v, s, args) for s in args.seeds]
-    print(f"\nsynref/{args.split}, {args.steps} steps x batch 16, S={args.image_size}, seeds {args.seeds}; "
-          "mean ± half-range over seeds\n")
+    print(f"\nsynref/{args.split} (first {args.max_items} expressions), {args.steps} steps x batch 16, "
+          f"S={args.image_size}, seeds {args.seeds}; mean ± half-range over seeds\n")
     print("| variant | oIoU | mIoU | Prec@0.5 | Prec@0.7 | Prec@0.9 |\n|---|---|---|---|---|---|")
     summary = {}
     for v, res in rows.items():

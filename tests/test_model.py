@@ -218,3 +218,16 @@ def test_feature_cache_reuses_frozen_backbone_outputs():
     out = model.train()(batch)
     out["loss"].backward()
     assert model.mask_head.inp[0].weight.grad is not None
+
+
+def test_dice_term_is_added_only_when_weighted():
+    from mmi.model.mmi import dice_loss
+
+    t = torch.zeros(1, 1, 4, 4)
+    t[..., :2, :2] = 1
+    assert dice_loss(torch.full_like(t, 20.0) * (2 * t - 1), t) < 0.01  # confident and right
+    assert dice_loss(torch.full_like(t, -20.0), t) > 0.7  # predicts nothing
+    model = build_model("tiny", V, dice_weight=0.5, lfr=False).train()
+    out = model(make_batch(model))
+    assert torch.allclose(out["loss"], out["loss_mask"] + 0.5 * out["loss_dice"])
+    assert "loss_dice" not in build_model("tiny", V, lfr=False).train()(make_batch(model))

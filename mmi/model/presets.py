@@ -7,7 +7,8 @@ Settings:
     backbone, backbone_weights ("default" | None | path), image_size (S), dim (C), heads,
     encoder_layers, decoder_layers, head_channels (mask decoder), t_max (T), word_dim,
     attention ("mutual" | "generic"), fusion ("product" | "order_free"), imi, lfr,
-    lfr_weight, mask_weight, dropout, frozen_backbone (train the head only).
+    lfr_weight, mask_weight, dropout, frozen_backbone (train the head only), dice_weight
+    (an optional Dice term beside the paper's BCE; 0 by default).
 
 The ``demo`` preset (MobileNetV2, S=256, C=128, 4 heads, mask decoder 128 channels) is
 sized for a CPU: at 256 px the stride-16 grid is 16x16, enough for the 3-9 object
@@ -29,7 +30,7 @@ from .vision import VisionEncoder
 
 _COMMON = dict(backbone_weights="default", encoder_layers=2, decoder_layers=2, word_dim=300, attention="mutual",
                fusion="product", imi=True, lfr=True, lfr_weight=0.1, mask_weight=1.0, dropout=0.1, t_max=15,
-               frozen_backbone=False)
+               frozen_backbone=False, dice_weight=0.0)
 
 
 def paper_darknet53() -> dict:
@@ -86,7 +87,7 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     head = MaskHead(dim, backbone.out_channels[0], cfg["head_channels"])
     lfr = LanguageReconstruction(dim, t_max) if cfg["lfr"] else None
     return MMI(backbone, vision, language, decoder, head, lfr, cfg["image_size"], t_max,
-               cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], config=cfg)
+               cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], cfg["dice_weight"], config=cfg)
 
 
 def build_model_from_config(config: dict) -> MMI:
