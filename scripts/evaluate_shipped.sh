@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Export the shipped checkpoint from a demo_synref run and measure it: every synthetic split,
+# the language probes (empty / mismatched expressions) on val, and the predictor benchmark.
+#   bash scripts/evaluate_shipped.sh [RUN_DIR=runs/demo_synref] [DATA_ROOT=data]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${1:-runs/demo_synref}
+DATA=${2:-data}
+PY=${PY:-.venv/bin/python}
+OUT=$RUN/eval
+mkdir -p "$OUT"
+SRC=$RUN/best.pt
+[ -f "$SRC" ] || SRC=$RUN/last.pt
+$PY train.py --export "$SRC" --out weights/mmi_demo.pt
+for split in val testA testB compositional; do
+  $PY train.py --eval-only --checkpoint weights/mmi_demo.pt --dataset synref --split $split \
+      --data-root "$DATA" --out "$OUT/synref_$split.json"
+done
+for probe in empty mismatched; do
+  $PY train.py --eval-only --checkpoint weights/mmi_demo.pt --dataset synref --split val \
+      --data-root "$DATA" --language $probe --out "$OUT/synref_val_$probe.json"
+done
+$PY scripts/summarize_eval.py "$OUT"/synref_*.json | tee "$OUT/summary.md"
