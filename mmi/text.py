@@ -11,6 +11,7 @@ installed, else random initialisation.
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 from collections import Counter
@@ -21,20 +22,21 @@ import torch
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
+VECTOR_SCALE = 0.3  # per-component scale of the initial word vectors (random rows; spaCy rows rescaled to it)
 
 _tokenizer = None
-_NON_WORD = re.compile(r"[^\w'\-]+", re.UNICODE)
+_WORD_CHAR = re.compile(r"\w", re.UNICODE)
 
 
 def tokenize(sentence: str) -> list[str]:
-    """Lower-cased word tokens; punctuation-only tokens are dropped."""
+    """Lower-cased word tokens; tokens without a letter or digit (punctuation) are dropped."""
     global _tokenizer
     if _tokenizer is None:
         from nltk.tokenize import TreebankWordTokenizer
 
         _tokenizer = TreebankWordTokenizer()
     tokens = _tokenizer.tokenize(sentence.lower().strip())
-    return [t for t in tokens if _NON_WORD.sub("", t)]
+    return [t for t in tokens if _WORD_CHAR.search(t)]
 
 
 @dataclass
@@ -147,7 +149,13 @@ def spacy_vectors_path() -> str | None:
 def read_spacy_vectors(vocab_dir: str, vocab: Vocabulary) -> tuple[torch.Tensor, int]:
     """Vectors for ``vocab`` from a spaCy ``vocab/`` folder: ``vectors`` (a .npy array,
     rows x dim) and ``key2row`` (msgpack map from spaCy's 64-bit string hash to row).
-    A word is looked up as is, then capitalised."""
+    A word is looked up as is, then capitalised.
+
+    spaCy's vectors are not normalised (norms of 40-130, about ten times GloVe's); fed as
+    they are, they saturate the LSTM's gates, whose gradients then vanish, and similar
+    words (red, blue) leave it as near-identical codes. Each found vector is therefore
+    rescaled to the norm ``0.3 * sqrt(dim)`` of the random rows, about GloVe's; the
+    directions (what the vectors know about word similarity) are kept."""
     import msgpack
     import numpy as np
 
@@ -165,8 +173,11 @@ def read_spacy_vectors(vocab_dir: str, vocab: Vocabulary) -> tuple[torch.Tensor,
         for form in (w, w.capitalize(), w.upper()):
             row = key2row.get(hash_string(form))
             if row is not None and 0 <= row < data.shape[0]:
-                table[i] = torch.from_numpy(np.array(data[row], dtype=np.float32))
-                found += 1
+                vec = torch.from_numpy(np.array(data[row], dtype=np.float32))
+                norm = float(vec.norm())
+                if norm > 0:
+                    table[i] = vec * (VECTOR_SCALE * math.sqrt(vec.numel()) / norm)
+                    found += 1
                 break
     return table, found
 
@@ -189,6 +200,6 @@ def word_vectors(vocab: Vocabulary, dim: int = 300, glove: str | None = None, sp
 
 def _random_table(v: int, dim: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    table = torch.randn(v, dim, generator=g) * 0.3
+    table = torch.randn(v, dim, generator=g) * VECTOR_SCALE
     table[PAD_ID] = 0
     return table

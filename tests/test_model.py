@@ -231,3 +231,38 @@ def test_dice_term_is_added_only_when_weighted():
     out = model(make_batch(model))
     assert torch.allclose(out["loss"], out["loss_mask"] + 0.5 * out["loss_dice"])
     assert "loss_dice" not in build_model("tiny", V, lfr=False).train()(make_batch(model))
+
+
+def test_language_norm_normalises_real_words_and_keeps_padding_zero():
+    torch.manual_seed(0)
+    model = build_model("tiny", V, language_norm=True).eval()
+    batch = make_batch(model)
+    feats, sent = model.language(batch["words"], batch["word_mask"])
+    real = feats[batch["word_mask"]]
+    assert torch.allclose(real.mean(-1), torch.zeros(len(real)), atol=1e-5)
+    assert torch.allclose(real.std(-1, unbiased=False), torch.ones(len(real)), atol=1e-3)
+    assert feats[~batch["word_mask"]].abs().sum() == 0
+    assert torch.allclose(sent.std(-1, unbiased=False), torch.ones(len(sent)), atol=1e-3)
+    empty, empty_sent = model.language(torch.zeros(1, model.t_max, dtype=torch.long), torch.zeros(1, model.t_max, dtype=torch.bool))
+    assert empty.abs().sum() == 0 and empty_sent.abs().sum() == 0
+
+
+@pytest.mark.parametrize("attention", ["mutual", "generic"])
+def test_multiplicative_fusion_blocks_train_and_depend_on_the_expression(attention):
+    torch.manual_seed(0)
+    model = build_model("tiny", V, attention=attention, sentence_fusion=True, word_gate=True).train()
+    assert model.sentence_fusion is not None and all(layer.gate is not None for layer in model.decoder.layers)
+    batch = make_batch(model, B=2, lengths=(model.t_max, 3))
+    model(batch)["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    model.eval()
+    feats = model.encode_image(batch["image"][:1])
+    words = batch["words"][:1]
+    a = model.sentence_fusion(feats["pixels"], model.language(words, batch["word_mask"][:1])[1])
+    other = words.clone()
+    other[0, 0] = (words[0, 0] + 1) % V
+    b = model.sentence_fusion(feats["pixels"], model.language(other, batch["word_mask"][:1])[1])
+    assert a.shape == feats["pixels"].shape and not torch.allclose(a, b)
+    plain = build_model("tiny", V)
+    assert plain.sentence_fusion is None and all(layer.gate is None for layer in plain.decoder.layers)

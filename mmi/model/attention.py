@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fusion import PixelLanguageGate
+
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
     """Softmax of ``scores`` along ``dim`` over positions where ``mask`` is True.
@@ -58,7 +60,8 @@ class MutualAttention(nn.Module):
         the ``product`` fusion). fusion: "product" | "order_free".
     """
 
-    def __init__(self, dim: int, heads: int, t_max: int, fusion: str = "product", dropout: float = 0.1, ffn_dim: int | None = None):
+    def __init__(self, dim: int, heads: int, t_max: int, fusion: str = "product", dropout: float = 0.1, ffn_dim: int | None = None,
+                 gate: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"C={dim} is not divisible by heads={heads}")
@@ -73,6 +76,7 @@ class MutualAttention(nn.Module):
             self.fuse = nn.Linear(t_max, dim)
         else:
             self.fuse = nn.Linear(2 * dim, dim)
+        self.gate = PixelLanguageGate(dim) if gate else None  # multiplicative VAL fusion (fusion.py)
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim or 4 * dim, dropout)
@@ -109,6 +113,8 @@ class MutualAttention(nn.Module):
         else:
             read = self._merge(val_w.transpose(-1, -2) @ self._split(lav))  # (B, HW, C) LAV read by each pixel
             out = self.fuse(torch.cat([read, val], dim=-1))
+        if self.gate is not None:
+            out = out + self.gate(x, val)
         x = self.norm(x + self.drop(out))
         return self.ffn(x), {"lav": lav_w, "val": val_w}
 
@@ -116,7 +122,8 @@ class MutualAttention(nn.Module):
 class GenericAttention(nn.Module):
     """The baseline: pixels query words (softmax over words), values are words."""
 
-    def __init__(self, dim: int, heads: int, t_max: int, fusion: str = "product", dropout: float = 0.1, ffn_dim: int | None = None):
+    def __init__(self, dim: int, heads: int, t_max: int, fusion: str = "product", dropout: float = 0.1, ffn_dim: int | None = None,
+                 gate: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"C={dim} is not divisible by heads={heads}")
@@ -125,6 +132,7 @@ class GenericAttention(nn.Module):
         self.k = nn.Linear(dim, dim)  # on words
         self.v = nn.Linear(dim, dim)  # on words
         self.out = nn.Linear(dim, dim)
+        self.gate = PixelLanguageGate(dim) if gate else None  # multiplicative fusion of the attended words
         self.drop = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
         self.ffn = FFN(dim, ffn_dim or 4 * dim, dropout)
@@ -139,7 +147,10 @@ class GenericAttention(nn.Module):
         scores = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, h, HW, T)
         w = masked_softmax(scores, word_mask[:, None, None, :], dim=-1)
         out = (w @ v).transpose(1, 2).reshape(B, HW, C)
-        x = self.norm(x + self.drop(self.out(out)))
+        res = self.out(out)
+        if self.gate is not None:
+            res = res + self.gate(x, out)
+        x = self.norm(x + self.drop(res))
         with torch.no_grad():
             lav_w = torch.softmax(scores.transpose(-1, -2), dim=-1) * word_mask[:, None, :, None].to(scores.dtype)
         return self.ffn(x), {"lav": lav_w}

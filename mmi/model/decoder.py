@@ -51,14 +51,14 @@ class MutualDecoder(nn.Module):
     between consecutive layers when ``imi`` is True."""
 
     def __init__(self, dim: int, heads: int, t_max: int, layers: int = 2, attention: str = "mutual", imi: bool = True,
-                 fusion: str = "product", dropout: float = 0.1):
+                 fusion: str = "product", dropout: float = 0.1, gate: bool = False):
         super().__init__()
         if attention not in ATTENTION:
             raise ValueError(f"unknown attention {attention!r}: use one of {sorted(ATTENTION)}")
         if layers < 1:
             raise ValueError("the decoder needs at least one layer")
         cls = ATTENTION[attention]
-        self.layers = nn.ModuleList(cls(dim, heads, t_max, fusion=fusion, dropout=dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(cls(dim, heads, t_max, fusion=fusion, dropout=dropout, gate=gate) for _ in range(layers))
         self.updates = nn.ModuleList(LanguageUpdate(dim) for _ in range(layers - 1)) if imi else None
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, lang: torch.Tensor, word_mask: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:

@@ -11,16 +11,20 @@ class LanguageEncoder(nn.Module):
 
     Arguments:
         vocab_size: V. word_dim: embedding size (300, the GloVe size). dim: C, the output
-        size; each LSTM direction has C/2 units.
+        size; each LSTM direction has C/2 units. norm: LayerNorm on F_t and f_s.
     """
 
-    def __init__(self, vocab_size: int, dim: int, word_dim: int = 300, dropout: float = 0.1):
+    def __init__(self, vocab_size: int, dim: int, word_dim: int = 300, dropout: float = 0.1, norm: bool = False):
         super().__init__()
         if dim % 2:
             raise ValueError(f"language feature size must be even, got {dim}")
         self.embed = nn.Embedding(vocab_size, word_dim, padding_idx=0)
         self.lstm = nn.LSTM(word_dim, dim // 2, batch_first=True, bidirectional=True)
         self.drop = nn.Dropout(dropout)
+        # optional LayerNorm of F_t and f_s: LSTM states start small (|h| ~ 0.1) beside the
+        # layer-normed pixel tokens (|x_c| ~ 1), which leaves the cross-modal terms tiny
+        self.norm_words = nn.LayerNorm(dim) if norm else None
+        self.norm_sentence = nn.LayerNorm(dim) if norm else None
 
     def forward(self, words: torch.Tensor, word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """words: (B, T) long; word_mask: (B, T) bool, True for real words.
@@ -37,5 +41,9 @@ class LanguageEncoder(nn.Module):
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
         has_words = (lengths > 0).to(out.dtype)
         feats = out * word_mask.unsqueeze(-1).to(out.dtype)
-        sent = torch.cat([h[0], h[1]], dim=1) * has_words[:, None]
+        sent = torch.cat([h[0], h[1]], dim=1)
+        if self.norm_words is not None:
+            feats = self.norm_words(out) * word_mask.unsqueeze(-1).to(out.dtype)
+            sent = self.norm_sentence(sent)
+        sent = sent * has_words[:, None]
         return self.drop(feats), sent

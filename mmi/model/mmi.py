@@ -31,15 +31,18 @@ class MMI(nn.Module):
         dice_weight: weight of an optional soft Dice loss added to the BCE (0 in the paper's
         presets). Objects covering ~1% of the image leave plain BCE dominated by background.
         config: the JSON-safe dict that ``build_model_from_config`` rebuilds this from.
+        sentence_fusion: optional SentenceFusion applied to the pixel tokens before the
+        decoder (multiplicative fusion with the sentence feature f_s; fusion.py).
     """
 
     def __init__(self, backbone: nn.Module, vision: VisionEncoder, language: LanguageEncoder, decoder: MutualDecoder,
                  mask_head: MaskHead, lfr: LanguageReconstruction | None, image_size: int, t_max: int,
                  lfr_weight: float = 0.1, mask_weight: float = 1.0, frozen_backbone: bool = False,
-                 dice_weight: float = 0.0, config: dict | None = None):
+                 dice_weight: float = 0.0, config: dict | None = None, sentence_fusion: nn.Module | None = None):
         super().__init__()
         self.backbone, self.vision, self.language = backbone, vision, language
         self.decoder, self.mask_head, self.lfr = decoder, mask_head, lfr
+        self.sentence_fusion = sentence_fusion
         self.image_size, self.t_max = image_size, t_max
         self.lfr_weight, self.mask_weight, self.dice_weight = lfr_weight, mask_weight, dice_weight
         self.config = dict(config or {})
@@ -92,6 +95,8 @@ class MMI(nn.Module):
             if pixels.shape[0] != 1:
                 raise ValueError(f"image features of batch {pixels.shape[0]} cannot serve {B} expressions")
             pixels, skip = pixels.expand(B, -1, -1), skip.expand(B, -1, -1, -1)
+        if self.sentence_fusion is not None:
+            pixels = self.sentence_fusion(pixels, lang[1])
         x, maps = self.decoder(pixels, feats["pos"], lang[0], word_mask)
         H, W = feats["hw"]
         grid = x.transpose(1, 2).reshape(B, -1, H, W)

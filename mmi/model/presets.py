@@ -22,6 +22,7 @@ from typing import Callable
 
 from ..backbones import build_backbone
 from .decoder import MutualDecoder
+from .fusion import SentenceFusion
 from .language import LanguageEncoder
 from .lfr import LanguageReconstruction
 from .mask_head import MaskHead
@@ -30,7 +31,8 @@ from .vision import VisionEncoder
 
 _COMMON = dict(backbone_weights="default", encoder_layers=2, decoder_layers=2, word_dim=300, attention="mutual",
                fusion="product", imi=True, lfr=True, lfr_weight=0.1, mask_weight=1.0, dropout=0.1, t_max=15,
-               frozen_backbone=False, dice_weight=0.0)
+               frozen_backbone=False, dice_weight=0.0, word_gate=False, sentence_fusion=False,
+               language_norm=False)
 
 
 def paper_darknet53() -> dict:
@@ -82,12 +84,15 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     backbone = build_backbone(cfg["backbone"], weights=cfg["backbone_weights"])
     dim, heads, t_max, drop = cfg["dim"], cfg["heads"], cfg["t_max"], cfg["dropout"]
     vision = VisionEncoder(tuple(backbone.out_channels), dim, heads, cfg["encoder_layers"], drop)
-    language = LanguageEncoder(cfg["vocab_size"], dim, cfg["word_dim"], drop)
-    decoder = MutualDecoder(dim, heads, t_max, cfg["decoder_layers"], cfg["attention"], cfg["imi"], cfg["fusion"], drop)
+    language = LanguageEncoder(cfg["vocab_size"], dim, cfg["word_dim"], drop, norm=cfg["language_norm"])
+    decoder = MutualDecoder(dim, heads, t_max, cfg["decoder_layers"], cfg["attention"], cfg["imi"], cfg["fusion"], drop,
+                           gate=cfg["word_gate"])
     head = MaskHead(dim, backbone.out_channels[0], cfg["head_channels"])
     lfr = LanguageReconstruction(dim, t_max) if cfg["lfr"] else None
+    sentence = SentenceFusion(dim, drop) if cfg["sentence_fusion"] else None
     return MMI(backbone, vision, language, decoder, head, lfr, cfg["image_size"], t_max,
-               cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], cfg["dice_weight"], config=cfg)
+               cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], cfg["dice_weight"], config=cfg,
+               sentence_fusion=sentence)
 
 
 def build_model_from_config(config: dict) -> MMI:
