@@ -266,3 +266,30 @@ def test_multiplicative_fusion_blocks_train_and_depend_on_the_expression(attenti
     assert a.shape == feats["pixels"].shape and not torch.allclose(a, b)
     plain = build_model("tiny", V)
     assert plain.sentence_fusion is None and all(layer.gate is None for layer in plain.decoder.layers)
+
+
+def test_coord_map_spans_the_grid():
+    from mmi.model.vision import coord_map
+    c = coord_map(4, 8)
+    assert c.shape == (8, 4, 8)
+    x0, y0, x1, y1, xc, yc, iw, ih = c
+    assert x0[0, 0] == -1 and x1[0, -1] == 1 and y0[0, 0] == -1 and y1[-1, 0] == 1
+    assert torch.allclose(x1 - x0, torch.full_like(x0, 2 / 8)) and torch.allclose(y1 - y0, torch.full_like(y0, 2 / 4))
+    assert torch.all(xc[:, 1:] > xc[:, :-1]) and torch.all(yc[1:] > yc[:-1])
+    assert torch.allclose(iw, torch.full_like(iw, 1 / 8)) and torch.allclose(ih, torch.full_like(ih, 1 / 4))
+
+
+def test_coord_features_make_pixel_tokens_position_aware():
+    torch.manual_seed(0)
+    model = build_model("tiny", V, coord_features=True).eval()
+    assert model.vision.fusion.mix[0][0].in_channels == 3 * model.vision.dim + 8
+    # a uniform image: without coordinates every token would be the same (up to padding effects of 3x3 convs)
+    image = torch.zeros(1, 3, model.image_size, model.image_size)
+    feats = model.backbone(image)
+    with_coords = model.vision.fusion(feats)
+    model.vision.fusion.mix[0][0].weight.data[:, -8:] = 0  # cut the coordinate channels
+    without = model.vision.fusion(feats)
+    assert not torch.allclose(with_coords, without)
+    centre = without[..., 1:-1, 1:-1].flatten(2)
+    assert torch.allclose(centre, centre[..., :1].expand_as(centre), atol=1e-5)
+    model(make_batch(model.train(), B=2))["loss"].backward()

@@ -8,7 +8,9 @@ Settings:
     encoder_layers, decoder_layers, head_channels (mask decoder), t_max (T), word_dim,
     attention ("mutual" | "generic"), fusion ("product" | "order_free"), imi, lfr,
     lfr_weight, mask_weight, dropout, frozen_backbone (train the head only), dice_weight
-    (an optional Dice term beside the paper's BCE; 0 by default).
+    (an optional Dice term beside the paper's BCE; 0 by default), word_gate, sentence_fusion,
+    language_norm (fusion.py, language.py), coord_features (the 8-D spatial map of MCN/VLT
+    concatenated to the visual features, vision.py); all four off by default.
 
 The ``demo`` preset (MobileNetV2, S=256, C=128, 4 heads, mask decoder 128 channels) is
 sized for a CPU: at 256 px the stride-16 grid is 16x16, enough for the 3-9 object
@@ -32,7 +34,7 @@ from .vision import VisionEncoder
 _COMMON = dict(backbone_weights="default", encoder_layers=2, decoder_layers=2, word_dim=300, attention="mutual",
                fusion="product", imi=True, lfr=True, lfr_weight=0.1, mask_weight=1.0, dropout=0.1, t_max=15,
                frozen_backbone=False, dice_weight=0.0, word_gate=False, sentence_fusion=False,
-               language_norm=False)
+               language_norm=False, coord_features=False)
 
 
 def paper_darknet53() -> dict:
@@ -83,7 +85,8 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     cfg = resolve_config(preset, vocab_size, **overrides)
     backbone = build_backbone(cfg["backbone"], weights=cfg["backbone_weights"])
     dim, heads, t_max, drop = cfg["dim"], cfg["heads"], cfg["t_max"], cfg["dropout"]
-    vision = VisionEncoder(tuple(backbone.out_channels), dim, heads, cfg["encoder_layers"], drop)
+    vision = VisionEncoder(tuple(backbone.out_channels), dim, heads, cfg["encoder_layers"], drop,
+                          coords=cfg["coord_features"])
     language = LanguageEncoder(cfg["vocab_size"], dim, cfg["word_dim"], drop, norm=cfg["language_norm"])
     decoder = MutualDecoder(dim, heads, t_max, cfg["decoder_layers"], cfg["attention"], cfg["imi"], cfg["fusion"], drop,
                            gate=cfg["word_gate"])
