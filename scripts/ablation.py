@@ -9,10 +9,12 @@ same split with ``train.py --eval-only`` (oIoU, mIoU, Prec@X at the original res
     +LFR       generic attention + LFR
     all        mutual attention + IMI + LFR (the full MMI)
 
-    python scripts/ablation.py --seeds 0 1 --steps 400 --image-size 192 --max-items 1000 --out runs/ablation
+    python scripts/ablation.py --config configs/demo_synref_v1.json --seeds 0 1 --steps 400 --image-size 192 --max-items 1000 --out runs/ablation
 
-The recipe is the shipped model's (configs/demo_synref.json: frozen ImageNet MobileNetV2,
-BCE + Dice, Adam lr 1e-3), shortened to fit a 2-core CPU: S=192, 400 steps of batch 16.
+The recipe is that of ``--config`` (default: the shipped model's, configs/demo_synref.json;
+the README's table used the first shipped recipe, configs/demo_synref_v1.json: frozen
+ImageNet MobileNetV2, BCE + Dice, Adam lr 1e-3), shortened by the flags to fit a 2-core
+CPU: there S=192, 400 steps of batch 16.
 
 Runs whose results JSON already exists are not repeated, so an interrupted ablation
 resumes where it stopped. Prints a markdown table of mean and spread (max - min over
