@@ -12,7 +12,9 @@ mkdir -p "$OUT"
 SRC=$RUN/best.pt
 [ -f "$SRC" ] || SRC=$RUN/last.pt
 $PY train.py --export "$SRC" --out weights/mmi_demo.pt
+# the run's curves and resolved config travel with the figures
 [ -f "$RUN/curves.png" ] && cp "$RUN/curves.png" assets/figures/demo_training_curves.png
+[ -f "$RUN/config.json" ] && cp "$RUN/config.json" assets/figures/demo_training_config.json
 for split in val testA testB compositional; do
   $PY train.py --eval-only --checkpoint weights/mmi_demo.pt --dataset synref --split $split \
       --data-root "$DATA" --out "$OUT/synref_$split.json"
