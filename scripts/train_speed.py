@@ -1,0 +1,52 @@
+"""Training speed and validation by epoch, from a run's log.jsonl.
+
+    python scripts/train_speed.py runs/demo_synref/log.jsonl
+
+A run resumed from last.pt is several processes ("legs"); each starts with an empty
+backbone feature cache, so speeds are reported per leg and epoch: the median of the
+``images_per_s`` logged at each step, the number of logged steps, and the leg's steps and
+minutes. Then the validation lines (oIoU, mIoU, Prec@0.5 in %).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+
+def read_log(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def legs(records: list[dict]) -> list[list[dict]]:
+    """Train records split at each start/resume event."""
+    out: list[list[dict]] = []
+    for r in records:
+        if r["kind"] == "event" and r.get("message") in ("start", "resume"):
+            out.append([])
+        elif r["kind"] == "train" and out:
+            out[-1].append(r)
+    return [leg for leg in out if leg]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("log")
+    records = read_log(ap.parse_args().log)
+    print("| leg | steps | minutes | epoch: median images/s (logged steps) |\n|---|---|---|---|")
+    for i, leg in enumerate(legs(records), 1):
+        by_epoch: dict[int, list[float]] = {}
+        for r in leg:
+            by_epoch.setdefault(r["epoch"], []).append(r["images_per_s"])
+        speeds = ", ".join(f"{e}: {statistics.median(v):.1f} ({len(v)})" for e, v in sorted(by_epoch.items()))
+        minutes = (leg[-1]["time"] - leg[0]["time"]) / 60
+        print(f"| {i} | {leg[0]['step']}-{leg[-1]['step']} | {minutes:.1f} | {speeds} |")
+    print("\n| epoch | step | oIoU | mIoU | Prec@0.5 |\n|---|---|---|---|---|")
+    for r in records:
+        if r["kind"] == "val":
+            print(f"| {r['epoch']} | {r['step']} | {100 * r['oIoU']:.2f} | {100 * r['mIoU']:.2f} | {100 * r['Prec@0.5']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Repo scripts that turn run outputs into the figures of README and BENCHMARKS."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_train_speed_splits_legs_at_resume_and_reports_validation(tmp_path, capsys, monkeypatch):
+    records = [
+        {"kind": "event", "step": 0, "time": 0.0, "message": "start"},
+        {"kind": "train", "epoch": 1, "step": 1, "time": 1.0, "images_per_s": 10.0},
+        {"kind": "train", "epoch": 1, "step": 2, "time": 61.0, "images_per_s": 12.0},
+        {"kind": "event", "step": 2, "time": 100.0, "message": "resume"},
+        {"kind": "train", "epoch": 1, "step": 3, "time": 101.0, "images_per_s": 20.0},
+        {"kind": "val", "epoch": 1, "step": 3, "time": 102.0, "oIoU": 0.25, "mIoU": 0.5, "Prec@0.5": 0.125},
+        {"kind": "train", "epoch": 2, "step": 4, "time": 221.0, "images_per_s": 30.0},
+        {"kind": "event", "step": 4, "time": 222.0, "message": "end"},
+    ]
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    mod = load_script("train_speed")
+    legs = mod.legs(mod.read_log(str(log)))
+    assert [[r["step"] for r in leg] for leg in legs] == [[1, 2], [3, 4]]
+    monkeypatch.setattr("sys.argv", ["train_speed.py", str(log)])
+    mod.main()
+    out = capsys.readouterr().out
+    assert "| 1 | 1-2 | 1.0 | 1: 11.0 (2) |" in out
+    assert "| 2 | 3-4 | 2.0 | 1: 20.0 (1), 2: 30.0 (1) |" in out
+    assert "| 1 | 3 | 25.00 | 50.00 | 12.50 |" in out
