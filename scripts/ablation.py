@@ -44,15 +44,25 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+def config_overrides(path: str) -> dict:
+    """The recipe's own model overrides (training aids such as language_norm); the
+    variant's switches and the flags are applied on top."""
+    with open(os.path.join(ROOT, path) if not os.path.isabs(path) else path) as f:
+        return dict(json.load(f)["model"].get("overrides") or {})
+
+
 def one(variant: str, seed: int, args) -> dict:
     out = os.path.join(args.out, f"{variant.strip('+')}_s{seed}")
     result = os.path.join(out, f"eval_{args.split}.json")
     if not os.path.exists(result):
-        over = dict(VARIANTS[variant], frozen_backbone=True, image_size=args.image_size, dice_weight=1.0)
+        over = dict(config_overrides(args.config), **VARIANTS[variant], frozen_backbone=True,
+                    image_size=args.image_size, dice_weight=1.0)
+        milestones = [args.epochs - 1] if args.epochs > 1 else []  # lr x0.1 for the last epoch
         run([sys.executable, "train.py", "--config", args.config, "--no-progress", "--set",
-             f"model.overrides={json.dumps(over)}", f"train.seed={seed}", "train.epochs=1",
+             f"model.overrides={json.dumps(over)}", f"train.seed={seed}", f"train.epochs={args.epochs}",
              f"train.max_steps_per_epoch={args.steps}", "train.time_budget_min=null", "train.val_every=0",
-             "train.save_every_steps=0", "optim.milestones=[]", "optim.lr=0.001", "optim.warmup_iters=100",
+             "train.save_every_steps=0", f"optim.milestones={json.dumps(milestones)}", "optim.lr=0.001",
+             "optim.warmup_iters=100",
              f"data.workers={args.workers}", f"data.root={args.data_root}", f"output={out}"])
         run([sys.executable, "train.py", "--eval-only", "--checkpoint", os.path.join(out, "last.pt"),
              "--dataset", "synref", "--split", args.split, "--data-root", args.data_root, "--out", result,
@@ -67,7 +77,8 @@ def main() -> None:
     ap.add_argument("--data-root", default="data")
     ap.add_argument("--split", default="val")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=400, help="at most this many steps per epoch")
+    ap.add_argument("--epochs", type=int, default=1, help="with more than one, lr x0.1 in the last")
     ap.add_argument("--image-size", type=int, default=192)
     ap.add_argument("--max-items", type=int, default=1000, help="evaluate the first N expressions of the split")
     ap.add_argument("--workers", type=int, default=1)
@@ -77,7 +88,8 @@ def main() -> None:
     rows = {}
     for v in args.variants:
         rows[v] = [one(v, s, args) for s in args.seeds]
-    print(f"\nsynref/{args.split} (first {args.max_items} expressions), {args.steps} steps x batch 16, "
+    print(f"\nsynref/{args.split} (first {args.max_items} expressions), {args.epochs} epoch(s) of at most "
+          f"{args.steps} steps x batch 16, "
           f"S={args.image_size}, seeds {args.seeds}; mean ± half-range over seeds\n")
     print("| variant | oIoU | mIoU | Prec@0.5 | Prec@0.7 | Prec@0.9 |\n|---|---|---|---|---|---|")
     summary = {}
