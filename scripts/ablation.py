@@ -37,6 +37,8 @@ VARIANTS = {
     "all": dict(attention="mutual", imi=True, lfr=True),
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from mmi.engine.config import load_config  # noqa: E402
 
 
 def run(cmd: list[str]) -> None:
@@ -45,18 +47,16 @@ def run(cmd: list[str]) -> None:
 
 
 def config_overrides(path: str) -> dict:
-    """The recipe's own model overrides (training aids such as language_norm); the
-    variant's switches and the flags are applied on top."""
-    with open(os.path.join(ROOT, path) if not os.path.isabs(path) else path) as f:
-        return dict(json.load(f)["model"].get("overrides") or {})
+    """The recipe's own model overrides (frozen backbone, Dice, language_norm, ...); the
+    variant's switches and ``--image-size`` are applied on top."""
+    return dict(load_config(os.path.join(ROOT, path))["model"]["overrides"] or {})
 
 
 def one(variant: str, seed: int, args) -> dict:
     out = os.path.join(args.out, f"{variant.strip('+')}_s{seed}")
     result = os.path.join(out, f"eval_{args.split}.json")
     if not os.path.exists(result):
-        over = dict(config_overrides(args.config), **VARIANTS[variant], frozen_backbone=True,
-                    image_size=args.image_size, dice_weight=1.0)
+        over = dict(config_overrides(args.config), **VARIANTS[variant], image_size=args.image_size)
         milestones = [args.epochs - 1] if args.epochs > 1 else []  # lr x0.1 for the last epoch
         run([sys.executable, "train.py", "--config", args.config, "--no-progress", "--set",
              f"model.overrides={json.dumps(over)}", f"train.seed={seed}", f"train.epochs={args.epochs}",

@@ -2,7 +2,8 @@
 
     python scripts/train_speed.py runs/demo_synref/log.jsonl
 
-A run resumed from last.pt is several processes ("legs"); each starts with an empty
+A run resumed from last.pt is several processes ("legs"); steps a stopped process logged
+after its last save are replayed by the next one, whose records win. Each leg starts with an empty
 backbone feature cache, so speeds are reported per leg and epoch: the median of the
 ``images_per_s`` logged at each step, the number of logged steps, and the leg's steps and
 minutes. Then the validation lines (oIoU, mIoU, Prec@0.5 in %).
@@ -10,13 +11,12 @@ minutes. Then the validation lines (oIoU, mIoU, Prec@0.5 in %).
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
+import sys
 
-
-def read_log(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mmi.engine.runlog import read_log  # noqa: E402  (a replayed step after a resume: the last record wins)
 
 
 def legs(records: list[dict]) -> list[list[dict]]:

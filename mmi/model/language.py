@@ -39,11 +39,9 @@ class LanguageEncoder(nn.Module):
         packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
         out, (h, _) = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
-        has_words = (lengths > 0).to(out.dtype)
-        feats = out * word_mask.unsqueeze(-1).to(out.dtype)
         sent = torch.cat([h[0], h[1]], dim=1)
         if self.norm_words is not None:
-            feats = self.norm_words(out) * word_mask.unsqueeze(-1).to(out.dtype)
-            sent = self.norm_sentence(sent)
-        sent = sent * has_words[:, None]
+            out, sent = self.norm_words(out), self.norm_sentence(sent)
+        feats = out * word_mask.unsqueeze(-1).to(out.dtype)
+        sent = sent * (lengths > 0).to(out.dtype)[:, None]
         return self.drop(feats), sent
