@@ -17,8 +17,8 @@ ImageNet MobileNetV2, BCE + Dice, Adam lr 1e-3), shortened by the flags to fit a
 CPU: there S=192, 400 steps of batch 16.
 
 Runs whose results JSON already exists are not repeated, so an interrupted ablation
-resumes where it stopped. Prints a markdown table of mean and spread (max - min over
-seeds) and writes ``<out>/summary.json``.
+resumes where it stopped. Prints two markdown tables, the metrics and the oIoU by
+expression type, each as mean ± half the range over seeds, and writes ``<out>/summary.json``.
 """
 from __future__ import annotations
 
@@ -68,7 +68,26 @@ def one(variant: str, seed: int, args) -> dict:
              "--dataset", "synref", "--split", args.split, "--data-root", args.data_root, "--out", result,
              "--max-items", str(args.max_items), "--workers", str(args.workers)])
     with open(result) as f:
-        return json.load(f)["totals"]
+        return json.load(f)
+
+
+METRICS = ("oIoU", "mIoU", "Prec@0.5", "Prec@0.7", "Prec@0.9")
+TYPES = ("attribute", "position", "extreme", "relation", "ordinal")
+
+
+def spread(fractions: list[float]) -> dict:
+    """Percentages over seeds: mean, min, max and each run's value."""
+    vals = [100 * x for x in fractions]
+    return {"mean": mean(vals), "min": min(vals), "max": max(vals), "runs": vals}
+
+
+def table(summary: dict, columns, cell) -> str:
+    """Markdown table, one row per variant, cells ``mean ± half-range``."""
+    lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for v in summary:
+        cells = [f"{c['mean']:.2f} ± {(c['max'] - c['min']) / 2:.2f}" for c in (cell(v, k) for k in columns)]
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -91,15 +110,16 @@ def main() -> None:
     print(f"\nsynref/{args.split} (first {args.max_items} expressions), {args.epochs} epoch(s) of at most "
           f"{args.steps} steps x batch 16, "
           f"S={args.image_size}, seeds {args.seeds}; mean ± half-range over seeds\n")
-    print("| variant | oIoU | mIoU | Prec@0.5 | Prec@0.7 | Prec@0.9 |\n|---|---|---|---|---|---|")
     summary = {}
     for v, res in rows.items():
-        cells, summary[v] = [], {}
-        for key in ("oIoU", "mIoU", "Prec@0.5", "Prec@0.7", "Prec@0.9"):
-            vals = [100 * r[key] for r in res]
-            summary[v][key] = {"mean": mean(vals), "min": min(vals), "max": max(vals), "runs": vals}
-            cells.append(f"{mean(vals):.2f} ± {(max(vals) - min(vals)) / 2:.2f}")
-        print(f"| {v} | " + " | ".join(cells) + " |")
+        summary[v] = {key: spread([r["totals"][key] for r in res]) for key in METRICS}
+        summary[v]["by_type"] = {t: spread([r["by_type"][t]["oIoU"] for r in res])
+                                 for t in TYPES if all(t in r.get("by_type", {}) for r in res)}
+    print(table(summary, METRICS, lambda v, k: summary[v][k]))
+    types = [t for t in TYPES if all(t in summary[v]["by_type"] for v in summary)]
+    if types:
+        print("\noIoU by expression type\n")
+        print(table(summary, types, lambda v, t: summary[v]["by_type"][t]))
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump({"args": vars(args), "variants": VARIANTS, "results": summary}, f, indent=1)
 

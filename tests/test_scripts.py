@@ -5,6 +5,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,3 +39,31 @@ def test_train_speed_splits_legs_at_resume_and_reports_validation(tmp_path, caps
     assert "| 1 | 1-2 | 1.0 | 1: 11.0 (2) |" in out
     assert "| 2 | 3-4 | 2.0 | 1: 20.0 (1), 2: 30.0 (1) |" in out
     assert "| 1 | 3 | 25.00 | 50.00 | 12.50 |" in out
+
+
+def test_ablation_summarises_finished_runs_by_metric_and_type_without_training(tmp_path, capsys, monkeypatch):
+    types = ("attribute", "position", "extreme", "relation", "ordinal")
+    for variant, base in (("baseline", 0.2), ("all", 0.4)):
+        for seed in (0, 1):
+            run = tmp_path / f"{variant}_s{seed}"
+            run.mkdir()
+            value = base + 0.1 * seed  # seed 1 is 10 points above seed 0
+            metrics = {k: value for k in ("oIoU", "mIoU", "Prec@0.5", "Prec@0.7", "Prec@0.9")}
+            by_type = {t: {"oIoU": value + 0.01 * i} for i, t in enumerate(types)}
+            (run / "eval_val.json").write_text(json.dumps({"totals": metrics, "by_type": by_type}))
+    mod = load_script("ablation")
+
+    def no_training(cmd):
+        raise AssertionError(f"finished runs must not be repeated: {cmd}")
+
+    monkeypatch.setattr(mod, "run", no_training)
+    monkeypatch.setattr("sys.argv", ["ablation.py", "--variants", "baseline", "all", "--out", str(tmp_path)])
+    mod.main()
+    out = capsys.readouterr().out
+    assert "| baseline | 25.00 ± 5.00 | 25.00 ± 5.00 |" in out
+    assert "| all | 45.00 ± 5.00 |" in out
+    assert "| variant | attribute | position | extreme | relation | ordinal |" in out
+    assert "| all | 45.00 ± 5.00 | 46.00 ± 5.00 | 47.00 ± 5.00 | 48.00 ± 5.00 | 49.00 ± 5.00 |" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())["results"]
+    assert summary["baseline"]["oIoU"]["runs"] == pytest.approx([20.0, 30.0])
+    assert summary["all"]["by_type"]["ordinal"]["mean"] == pytest.approx(49.0)
