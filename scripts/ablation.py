@@ -19,6 +19,9 @@ CPU: there S=192, 400 steps of batch 16.
 Runs whose results JSON already exists are not repeated, so an interrupted ablation
 resumes where it stopped. Prints two markdown tables, the metrics and the oIoU by
 expression type, each as mean ± half the range over seeds, and writes ``<out>/summary.json``.
+The last column of the first, "oIoU - baseline", pairs runs by seed (each variant's oIoU
+minus the baseline's with the same seed), which separates a module's effect from the
+seed's.
 """
 from __future__ import annotations
 
@@ -115,7 +118,13 @@ def main() -> None:
         summary[v] = {key: spread([r["totals"][key] for r in res]) for key in METRICS}
         summary[v]["by_type"] = {t: spread([r["by_type"][t]["oIoU"] for r in res])
                                  for t in TYPES if all(t in r.get("by_type", {}) for r in res)}
-    print(table(summary, METRICS, lambda v, k: summary[v][k]))
+    columns = METRICS
+    if "baseline" in rows:  # paired by seed: each run minus the baseline run of the same seed
+        columns = METRICS + ("oIoU - baseline",)
+        for v, res in rows.items():
+            summary[v]["oIoU - baseline"] = spread([r["totals"]["oIoU"] - b["totals"]["oIoU"]
+                                                    for r, b in zip(res, rows["baseline"])])
+    print(table(summary, columns, lambda v, k: summary[v][k]))
     types = [t for t in TYPES if all(t in summary[v]["by_type"] for v in summary)]
     if types:
         print("\noIoU by expression type\n")

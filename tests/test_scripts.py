@@ -62,6 +62,7 @@ def test_ablation_summarises_finished_runs_by_metric_and_type_without_training(t
     out = capsys.readouterr().out
     assert "| baseline | 25.00 ± 5.00 | 25.00 ± 5.00 |" in out
     assert "| all | 45.00 ± 5.00 |" in out
+    assert out.count("| 20.00 ± 0.00 |\n") == 1  # all minus baseline, paired by seed
     assert "| variant | attribute | position | extreme | relation | ordinal |" in out
     assert "| all | 45.00 ± 5.00 | 46.00 ± 5.00 | 47.00 ± 5.00 | 48.00 ± 5.00 | 49.00 ± 5.00 |" in out
     summary = json.loads((tmp_path / "summary.json").read_text())["results"]
