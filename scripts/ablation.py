@@ -9,15 +9,15 @@ same split with ``train.py --eval-only`` (oIoU, mIoU, Prec@X at the original res
     +LFR       generic attention + LFR
     all        mutual attention + IMI + LFR (the full MMI)
 
-    python scripts/ablation.py --config configs/demo_synref_v1.json --seeds 0 1 --steps 400 --image-size 192 --max-items 1000 --out runs/ablation
+    python scripts/ablation.py --seeds 0 1 --epochs 2 --steps 1681 --image-size 192 --out runs/ablation_e2
 
-The recipe is that of ``--config`` (default: the shipped model's, configs/demo_synref.json;
-the README's table used the first shipped recipe, configs/demo_synref_v1.json: frozen
-ImageNet MobileNetV2, BCE + Dice, Adam lr 1e-3), shortened by the flags to fit a 2-core
-CPU: there S=192, 400 steps of batch 16.
+The recipe is that of ``--config`` (default: the shipped model's, configs/demo_synref.json),
+shortened by the flags to fit a 2-core CPU: the README's table is two epochs of 1,681
+steps of batch 16 at S=192.
 
 Runs whose results JSON already exists are not repeated, so an interrupted ablation
-resumes where it stopped. Prints two markdown tables, the metrics and the oIoU by
+resumes where it stopped; a run in ``--out`` of another budget, seed or recipe stops the
+script with a message instead of being reported as this one's. Prints two markdown tables, the metrics and the oIoU by
 expression type, each as mean ± half the range over seeds, and writes ``<out>/summary.json``.
 The last column of the first, "oIoU - baseline", pairs runs by seed (each variant's oIoU
 minus the baseline's with the same seed), which separates a module's effect from the
@@ -55,11 +55,29 @@ def config_overrides(path: str) -> dict:
     return dict(load_config(os.path.join(ROOT, path))["model"]["overrides"] or {})
 
 
+def same_budget(out: str, over: dict, seed: int, args) -> None:
+    """Refuse a finished run of another budget or recipe in ``out``: its result would be
+    reported as if it were this one's."""
+    path = os.path.join(out, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        cfg = json.load(f)
+    want = {"epochs": args.epochs, "steps per epoch": args.steps, "seed": seed, "model overrides": over}
+    have = {"epochs": cfg["train"]["epochs"], "steps per epoch": cfg["train"]["max_steps_per_epoch"],
+            "seed": cfg["train"]["seed"], "model overrides": cfg["model"]["overrides"]}
+    diff = [f"{k}: {have[k]} there, {want[k]} asked" for k in want if have[k] != want[k]]
+    if diff:
+        raise SystemExit(f"{out} holds a run of another budget or recipe ({'; '.join(diff)}); "
+                         f"pass another --out")
+
+
 def one(variant: str, seed: int, args) -> dict:
     out = os.path.join(args.out, f"{variant.strip('+')}_s{seed}")
     result = os.path.join(out, f"eval_{args.split}.json")
+    over = dict(config_overrides(args.config), **VARIANTS[variant], image_size=args.image_size)
+    same_budget(out, over, seed, args)
     if not os.path.exists(result):
-        over = dict(config_overrides(args.config), **VARIANTS[variant], image_size=args.image_size)
         milestones = [args.epochs - 1] if args.epochs > 1 else []  # lr x0.1 for the last epoch
         run([sys.executable, "train.py", "--config", args.config, "--no-progress", "--set",
              f"model.overrides={json.dumps(over)}", f"train.seed={seed}", f"train.epochs={args.epochs}",

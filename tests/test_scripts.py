@@ -68,3 +68,18 @@ def test_ablation_summarises_finished_runs_by_metric_and_type_without_training(t
     summary = json.loads((tmp_path / "summary.json").read_text())["results"]
     assert summary["baseline"]["oIoU"]["runs"] == pytest.approx([20.0, 30.0])
     assert summary["all"]["by_type"]["ordinal"]["mean"] == pytest.approx(49.0)
+
+
+def test_ablation_refuses_a_finished_run_of_another_budget(tmp_path, monkeypatch):
+    run = tmp_path / "baseline_s0"
+    run.mkdir()
+    (run / "eval_val.json").write_text(json.dumps({"totals": {}, "by_type": {}}))
+    mod = load_script("ablation")
+    over = dict(mod.config_overrides("configs/demo_synref.json"), **mod.VARIANTS["baseline"], image_size=192)
+    cfg = {"train": {"epochs": 1, "max_steps_per_epoch": 400, "seed": 0}, "model": {"overrides": over}}
+    (run / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(mod, "run", lambda cmd: pytest.fail(f"nothing may be trained: {cmd}"))
+    monkeypatch.setattr("sys.argv", ["ablation.py", "--variants", "baseline", "--seeds", "0", "--epochs", "2",
+                                     "--steps", "1681", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="epochs: 1 there, 2 asked; steps per epoch: 400 there, 1681 asked"):
+        mod.main()
