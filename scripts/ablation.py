@@ -17,8 +17,9 @@ steps of batch 16 at S=192.
 
 Runs whose results JSON already exists are not repeated, so an interrupted ablation
 resumes where it stopped; a run in ``--out`` of another budget, seed or recipe stops the
-script with a message instead of being reported as this one's. Prints two markdown tables, the metrics and the oIoU by
-expression type, each as mean ± half the range over seeds, and writes ``<out>/summary.json``.
+script with a message instead of being reported as this one's. Prints two markdown tables,
+the metrics and the oIoU by expression type, each as mean ± half the range over seeds, and
+writes ``<out>/summary.json``.
 The last column of the first, "oIoU - baseline", pairs runs by seed (each variant's oIoU
 minus the baseline's with the same seed), which separates a module's effect from the
 seed's.
@@ -41,6 +42,7 @@ VARIANTS = {
 }
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from mmi.data.synthetic.expressions import TYPES  # noqa: E402
 from mmi.engine.config import load_config  # noqa: E402
 
 
@@ -72,10 +74,11 @@ def same_budget(out: str, over: dict, seed: int, args) -> None:
                          f"pass another --out")
 
 
-def one(variant: str, seed: int, args) -> dict:
+def one(variant: str, seed: int, recipe: dict, args) -> dict:
+    """Train and evaluate one variant with one seed, unless done; its eval JSON."""
     out = os.path.join(args.out, f"{variant.strip('+')}_s{seed}")
     result = os.path.join(out, f"eval_{args.split}.json")
-    over = dict(config_overrides(args.config), **VARIANTS[variant], image_size=args.image_size)
+    over = dict(recipe, **VARIANTS[variant], image_size=args.image_size)
     same_budget(out, over, seed, args)
     if not os.path.exists(result):
         milestones = [args.epochs - 1] if args.epochs > 1 else []  # lr x0.1 for the last epoch
@@ -93,7 +96,6 @@ def one(variant: str, seed: int, args) -> dict:
 
 
 METRICS = ("oIoU", "mIoU", "Prec@0.5", "Prec@0.7", "Prec@0.9")
-TYPES = ("attribute", "position", "extreme", "relation", "ordinal")
 
 
 def spread(fractions: list[float]) -> dict:
@@ -125,25 +127,22 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", default="runs/ablation")
     args = ap.parse_args()
-    rows = {}
-    for v in args.variants:
-        rows[v] = [one(v, s, args) for s in args.seeds]
+    recipe = config_overrides(args.config)
+    rows = {v: [one(v, s, recipe, args) for s in args.seeds] for v in args.variants}
     print(f"\nsynref/{args.split} (first {args.max_items} expressions), {args.epochs} epoch(s) of at most "
           f"{args.steps} steps x batch 16, "
           f"S={args.image_size}, seeds {args.seeds}; mean ± half-range over seeds\n")
+    types = [t for t in TYPES if all(t in r.get("by_type", {}) for res in rows.values() for r in res)]
+    paired = "baseline" in rows  # each run minus the baseline run of the same seed
+    columns = METRICS + ("oIoU - baseline",) if paired else METRICS
     summary = {}
     for v, res in rows.items():
         summary[v] = {key: spread([r["totals"][key] for r in res]) for key in METRICS}
-        summary[v]["by_type"] = {t: spread([r["by_type"][t]["oIoU"] for r in res])
-                                 for t in TYPES if all(t in r.get("by_type", {}) for r in res)}
-    columns = METRICS
-    if "baseline" in rows:  # paired by seed: each run minus the baseline run of the same seed
-        columns = METRICS + ("oIoU - baseline",)
-        for v, res in rows.items():
+        summary[v]["by_type"] = {t: spread([r["by_type"][t]["oIoU"] for r in res]) for t in types}
+        if paired:
             summary[v]["oIoU - baseline"] = spread([r["totals"]["oIoU"] - b["totals"]["oIoU"]
                                                     for r, b in zip(res, rows["baseline"])])
     print(table(summary, columns, lambda v, k: summary[v][k]))
-    types = [t for t in TYPES if all(t in summary[v]["by_type"] for v in summary)]
     if types:
         print("\noIoU by expression type\n")
         print(table(summary, types, lambda v, t: summary[v]["by_type"][t]))

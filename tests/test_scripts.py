@@ -42,16 +42,15 @@ def test_train_speed_splits_legs_at_resume_and_reports_validation(tmp_path, caps
 
 
 def test_ablation_summarises_finished_runs_by_metric_and_type_without_training(tmp_path, capsys, monkeypatch):
-    types = ("attribute", "position", "extreme", "relation", "ordinal")
+    mod = load_script("ablation")
     for variant, base in (("baseline", 0.2), ("all", 0.4)):
         for seed in (0, 1):
             run = tmp_path / f"{variant}_s{seed}"
             run.mkdir()
             value = base + 0.1 * seed  # seed 1 is 10 points above seed 0
-            metrics = {k: value for k in ("oIoU", "mIoU", "Prec@0.5", "Prec@0.7", "Prec@0.9")}
-            by_type = {t: {"oIoU": value + 0.01 * i} for i, t in enumerate(types)}
+            metrics = {k: value for k in mod.METRICS}
+            by_type = {t: {"oIoU": value + 0.01 * i} for i, t in enumerate(mod.TYPES)}
             (run / "eval_val.json").write_text(json.dumps({"totals": metrics, "by_type": by_type}))
-    mod = load_script("ablation")
 
     def no_training(cmd):
         raise AssertionError(f"finished runs must not be repeated: {cmd}")
