@@ -61,6 +61,7 @@ def test_optim_presets_and_explicit_values_win(tmp_path):
     (["optim.preset=sgd"], "optim.preset"),
     (["data.batch_size=0"], "data.batch_size"),
     (["eval.threshold=1.5"], "eval.threshold"),
+    (["optim.backbone_lr_mult=-1"], "optim.backbone_lr_mult"),
     (["word_vectors.source=glove"], "word_vectors.glove"),
     (["optim=0.1"], "optim"),
     (["lr"], "key=value"),

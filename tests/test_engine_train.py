@@ -11,7 +11,7 @@ import torch
 from mmi.engine.checkpoint import load_inference, load_training
 from mmi.engine.config import load_config
 from mmi.engine.evaluate import evaluate
-from mmi.engine.trainer import NonFiniteLossError, lr_factor, train
+from mmi.engine.trainer import NonFiniteLossError, build_optimizer, lr_factor, train
 
 try:
     import fixtures_refer as fx
@@ -88,6 +88,41 @@ def test_resume_mid_epoch_is_exact(root, tmp_path):
     ck = load_training(str(tmp_path / "b" / "last.pt"))
     assert ck["epoch"] == 0 and ck["step_in_epoch"] == 1
     train(_cfg(root, str(tmp_path / "b")), resume=str(tmp_path / "b" / "last.pt"), progress=False)
+    _assert_same_state(str(tmp_path / "a" / "last.pt"), str(tmp_path / "b" / "last.pt"))
+
+
+def test_backbone_lr_mult_gives_the_backbone_its_own_group():
+    from mmi.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("tiny", 30)
+    o = load_config(None, ["optim.lr=0.01"])["optim"]
+    assert o["backbone_lr_mult"] == 1.0
+    one = build_optimizer(model, o)
+    assert len(one.param_groups) == 1 and len(one.param_groups[0]["params"]) == len(list(model.parameters()))
+    two = build_optimizer(model, dict(o, backbone_lr_mult=0.0))
+    head, bb = two.param_groups
+    assert head["lr"] == pytest.approx(0.01) and bb["lr"] == 0.0
+    assert {id(p) for p in bb["params"]} == {id(p) for p in model.backbone.parameters()}
+    assert len(head["params"]) + len(bb["params"]) == len(list(model.parameters()))
+    # one step at backbone lr 0: the backbone's weights stay, the rest moves
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    two.step()
+    moved = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+    assert moved and all(not k.startswith("backbone.") for k in moved)
+    assert len(moved) == len(head["params"])
+
+
+def test_resume_with_a_backbone_group_is_exact(root, tmp_path):
+    extra = ("optim.backbone_lr_mult=0.5",)
+    train(_cfg(root, str(tmp_path / "a"), *extra), progress=False)
+    ck = load_training(str(tmp_path / "a" / "last.pt"))
+    lrs = [g["lr"] for g in ck["optimizer"]["param_groups"]]
+    assert len(lrs) == 2 and lrs[1] == pytest.approx(0.5 * lrs[0])
+    train(_cfg(root, str(tmp_path / "b"), "train.time_budget_min=0", *extra), progress=False)
+    train(_cfg(root, str(tmp_path / "b"), *extra), resume=str(tmp_path / "b" / "last.pt"), progress=False)
     _assert_same_state(str(tmp_path / "a" / "last.pt"), str(tmp_path / "b" / "last.pt"))
 
 

@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "warmup_iters": 0,           # ... or in iterations (the larger of the two wins)
         "warmup_factor": 0.001,      # lr multiplier at the first warm-up step
         "grad_clip": 0.0,            # max global grad norm; 0 disables
+        "backbone_lr_mult": 1.0,     # lr of a trained backbone = lr x this (0.1: fine-tune it gently)
     },
     "train": {
         "epochs": 50,
@@ -201,6 +202,8 @@ def validate(cfg: dict) -> None:
     _require(isinstance(d["workers"], int) and d["workers"] >= 0, "data.workers", f"must be >= 0, got {d['workers']!r}")
     _require(o["name"] in ("adam", "adamw"), "optim.name", f"unknown optimiser {o['name']!r}; choose adam or adamw")
     _require(isinstance(o["lr"], (int, float)) and o["lr"] > 0, "optim.lr", f"must be a positive number, got {o['lr']!r}")
+    _require(isinstance(o["backbone_lr_mult"], (int, float)) and o["backbone_lr_mult"] >= 0, "optim.backbone_lr_mult",
+             f"must be a number >= 0, got {o['backbone_lr_mult']!r}")
     _require(o["schedule"] in ("step", "constant"), "optim.schedule", f"unknown schedule {o['schedule']!r}; choose step or constant")
     _require(isinstance(o["milestones"], list) and all(isinstance(x, int) for x in o["milestones"]),
              "optim.milestones", f"must be a list of epoch numbers, got {o['milestones']!r}")

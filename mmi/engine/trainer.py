@@ -61,9 +61,20 @@ def lr_factor(step: int, iters_per_epoch: int, optim: dict) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, optim: dict) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Adam or AdamW over the trainable parameters. With ``backbone_lr_mult`` other than 1
+    the trainable backbone parameters (``model.backbone``) form a second group at
+    ``lr * backbone_lr_mult``; group 0 is always the rest of the network. With 1 there is
+    one group, as in checkpoints written before the option existed."""
+    lr, mult = float(optim["lr"]), float(optim.get("backbone_lr_mult", 1.0))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    backbone = getattr(model, "backbone", None)
+    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None and mult != 1.0 else set()
+    groups = [{"params": [p for p in trainable if id(p) not in in_backbone], "lr": lr}]
+    rest = [p for p in trainable if id(p) in in_backbone]
+    if rest:
+        groups.append({"params": rest, "lr": lr * mult})
     cls = torch.optim.AdamW if optim["name"] == "adamw" else torch.optim.Adam
-    return cls(params, lr=float(optim["lr"]), weight_decay=float(optim["weight_decay"]))
+    return cls(groups, lr=lr, weight_decay=float(optim["weight_decay"]))
 
 
 @dataclass
