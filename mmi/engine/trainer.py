@@ -29,7 +29,7 @@ from ..model import build_model, build_model_from_config, resolve_config
 from ..text import Vocabulary, word_vectors
 from .checkpoint import get_rng_state, load_training, save_training, set_rng_state
 from .config import check_paths, model_overrides, save_config
-from .distributed import (DistInfo, SkipSampler, all_gather_objects, all_reduce_max, all_reduce_mean, cleanup,
+from .distributed import (DistInfo, SkipSampler, all_gather_objects, all_reduce_max, all_reduce_mean, barrier, cleanup,
                           init_distributed)
 from .evaluate import autocast, evaluate
 from .runlog import RunLogger, plot_curves
@@ -355,6 +355,10 @@ def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict[s
     """Run training for a resolved config (see :mod:`mmi.engine.config`); the process group is
     torn down at the end. Raises :class:`NonFiniteLossError` on a NaN/inf loss."""
     try:
-        return Trainer(cfg, resume=resume, progress=progress).fit()
+        summary = Trainer(cfg, resume=resume, progress=progress).fit()
+        # every rank finishes before any tears the group down: a gloo peer whose connections
+        # close while the main rank still writes its outputs aborts the process (SIGABRT)
+        barrier()
+        return summary
     finally:
         cleanup()
