@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from mmi.engine.checkpoint import load_inference, load_training
+from mmi.engine.checkpoint import CheckpointError, load_inference, load_training
 from mmi.engine.config import load_config
 from mmi.engine.evaluate import evaluate
 from mmi.engine.trainer import NonFiniteLossError, build_optimizer, lr_factor, train
@@ -124,6 +124,9 @@ def test_resume_with_a_backbone_group_is_exact(root, tmp_path):
     train(_cfg(root, str(tmp_path / "b"), "train.time_budget_min=0", *extra), progress=False)
     train(_cfg(root, str(tmp_path / "b"), *extra), resume=str(tmp_path / "b" / "last.pt"), progress=False)
     _assert_same_state(str(tmp_path / "a" / "last.pt"), str(tmp_path / "b" / "last.pt"))
+    # resuming it with one group instead of two is refused, naming the checkpoint and the setting
+    with pytest.raises(CheckpointError, match="last.pt: its optimiser state does not fit.*backbone_lr_mult"):
+        train(_cfg(root, str(tmp_path / "b"), "train.epochs=3"), resume=str(tmp_path / "b" / "last.pt"), progress=False)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(root, tmp_path, monkeypatch):

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..data import build_dataset, collate
 from ..model import build_model, build_model_from_config, resolve_config
 from ..text import Vocabulary, word_vectors
-from .checkpoint import get_rng_state, load_training, save_training, set_rng_state
+from .checkpoint import CheckpointError, get_rng_state, load_training, save_training, set_rng_state
 from .config import check_paths, model_overrides, save_config
 from .distributed import (DistInfo, SkipSampler, all_gather_objects, all_reduce_max, all_reduce_mean, barrier, cleanup,
                           init_distributed)
@@ -62,17 +62,16 @@ def lr_factor(step: int, iters_per_epoch: int, optim: dict) -> float:
 
 def build_optimizer(model: torch.nn.Module, optim: dict) -> torch.optim.Optimizer:
     """Adam or AdamW over the trainable parameters. With ``backbone_lr_mult`` other than 1
-    the trainable backbone parameters (``model.backbone``) form a second group at
-    ``lr * backbone_lr_mult``; group 0 is always the rest of the network. With 1 there is
-    one group, as in checkpoints written before the option existed."""
-    lr, mult = float(optim["lr"]), float(optim.get("backbone_lr_mult", 1.0))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    backbone = getattr(model, "backbone", None)
-    in_backbone = {id(p) for p in backbone.parameters()} if backbone is not None and mult != 1.0 else set()
-    groups = [{"params": [p for p in trainable if id(p) not in in_backbone], "lr": lr}]
-    rest = [p for p in trainable if id(p) in in_backbone]
-    if rest:
-        groups.append({"params": rest, "lr": lr * mult})
+    the trainable backbone parameters form a second group at ``lr * backbone_lr_mult``;
+    group 0 is always the rest of the network. With 1 there is one group, as in checkpoints
+    written before the option existed."""
+    lr, mult = float(optim["lr"]), float(optim["backbone_lr_mult"])
+    in_backbone = {id(p) for p in model.backbone.parameters()} if mult != 1.0 else set()
+    head, backbone = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (backbone if id(p) in in_backbone else head).append(p)
+    groups = [{"params": head, "lr": lr}] + ([{"params": backbone, "lr": lr * mult}] if backbone else [])
     cls = torch.optim.AdamW if optim["name"] == "adamw" else torch.optim.Adam
     return cls(groups, lr=lr, weight_decay=float(optim["weight_decay"]))
 
@@ -123,7 +122,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
 
         if ckpt:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            try:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except ValueError as e:  # another number or size of parameter groups
+                raise CheckpointError(
+                    f"{resume}: its optimiser state does not fit this run ({e}); resume with the "
+                    f"optim.backbone_lr_mult and model.overrides.frozen_backbone it was trained with") from None
             self.scheduler.load_state_dict(ckpt["scheduler"])
             if ckpt.get("scaler"):
                 self.scaler.load_state_dict(ckpt["scaler"])
