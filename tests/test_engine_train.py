@@ -181,3 +181,28 @@ def test_evaluate_records_match_totals(root, tmp_path):
         assert int((pred | (gt > 0)).sum()) == r["union"]
     total_i, total_u = sum(r["intersection"] for r in recs), sum(r["union"] for r in recs)
     assert res["totals"]["oIoU"] == pytest.approx(total_i / total_u if total_u else 0.0)
+
+
+def test_lr_factor_cosine_after_warmup():
+    o = {"warmup_iters": 4, "warmup_epochs": 0, "warmup_factor": 0.0, "schedule": "cosine", "milestones": [],
+         "gamma": 0.1, "final_factor": 0.1}
+    assert lr_factor(2, 10, o, 24) == pytest.approx(0.5)  # warm-up
+    assert lr_factor(4, 10, o, 24) == pytest.approx(1.0)  # peak right after it
+    assert lr_factor(14, 10, o, 24) == pytest.approx(0.55)  # half-way: (1 + 0.1) / 2
+    assert lr_factor(24, 10, o, 24) == pytest.approx(0.1) and lr_factor(30, 10, o, 24) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="total_steps"):
+        lr_factor(5, 10, o)
+
+
+def test_amp_auto_follows_the_cpu_flags(monkeypatch):
+    from mmi.engine import precision
+
+    cpu = torch.device("cpu")
+    assert isinstance(precision.cpu_flags(), frozenset)  # the real /proc/cpuinfo reader
+    assert precision.resolve_amp("off", cpu) == "off" and precision.resolve_amp("bf16", cpu) == "bf16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert precision.resolve_amp("auto", cpu) == "off"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert precision.resolve_amp("auto", cpu) == "bf16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert precision.resolve_amp("auto", cpu) == "bf16"

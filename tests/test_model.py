@@ -293,3 +293,72 @@ def test_coord_features_make_pixel_tokens_position_aware():
     centre = without[..., 1:-1, 1:-1].flatten(2)
     assert torch.allclose(centre, centre[..., :1].expand_as(centre), atol=1e-5)
     model(make_batch(model.train(), B=2))["loss"].backward()
+
+
+def test_deep_supervision_adds_a_loss_per_layer_and_leaves_inference_alone():
+    torch.manual_seed(0)
+    model = build_model("tiny", V, aux_weight=0.5, lfr=False, decoder_layers=2).train()
+    batch = make_batch(model)
+    out = model(batch)
+    assert out["loss_aux"] > 0
+    assert torch.allclose(out["loss"], out["loss_mask"] + 0.5 * out["loss_aux"])
+    out["loss"].backward()
+    assert model.aux_head.weight.grad.abs().sum() > 0
+    # the aux head reads each decoder layer: the first layer gets a gradient through it alone
+    model.zero_grad()
+    out = model(batch)
+    out["loss_aux"].backward()
+    assert model.decoder.layers[0].q.weight.grad.abs().sum() > 0
+    assert model.mask_head.inp[0].weight.grad is None  # the aux loss does not pass the mask head
+    # inference: the same logits as a model without the aux head and the same weights
+    plain = build_model("tiny", V, lfr=False, decoder_layers=2)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("aux_head.")}
+    plain.load_state_dict(state)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model(batch)["logits"], plain(batch)["logits"])
+    assert "loss_aux" not in build_model("tiny", V, lfr=False).train()(batch)
+
+
+def test_skip_fusion_makes_the_stride8_level_depend_on_the_sentence(tiny):
+    torch.manual_seed(0)
+    model = build_model("tiny", V, skip_fusion=True).eval()
+    head = model.mask_head
+    with torch.no_grad():
+        head.skip_gate.out.weight.normal_()  # zero-free, so the gate's term shows
+        skip = torch.randn(2, head.skip_gate.vision.in_channels, 8, 8)
+        x = torch.randn(2, model.config["dim"], 4, 4)
+        s1, s2 = torch.randn(2, model.config["dim"]), torch.randn(2, model.config["dim"])
+        a, b = head(x, skip, s1), head(x, skip, s2)
+    assert a.shape == (2, 1, 16, 16) and not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="sentence"):
+        head(x, skip)
+    batch = make_batch(model)
+    model.train()
+    model(batch)["loss"].backward()
+    assert head.skip_gate.language.weight.grad.abs().sum() > 0
+
+
+def test_feature_cache_file_round_trip_and_refuses_another_backbone(tmp_path):
+    from mmi.model.feature_cache import FeatureCache
+
+    torch.manual_seed(0)
+    model = build_model("tiny", V, frozen_backbone=True).eval()
+    images = make_batch(model, B=3)["image"]
+    cache = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+    expected = cache(model.backbone, images)
+    path = str(tmp_path / "feats.pt")
+    assert cache.save(path, model.backbone) == 3 and cache.unsaved == 0
+    fresh = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+    assert fresh.load(path, model.backbone) == 3
+    calls = []
+    model.backbone.register_forward_hook(lambda m, i, o: calls.append(1))
+    got = fresh(model.backbone, images[[1, 2]])
+    assert calls == [] and all(torch.equal(g, e[[1, 2]]) for g, e in zip(got, expected))
+    torch.manual_seed(1)
+    other = build_model("tiny", V, frozen_backbone=True)
+    with pytest.raises(ValueError, match="another backbone"):
+        FeatureCache(10**8).load(path, other.backbone)
+    (tmp_path / "bad.pt").write_bytes(b"\x00" * 64)
+    with pytest.raises(ValueError, match="bad.pt: not a readable feature cache"):
+        FeatureCache(10**8).load(str(tmp_path / "bad.pt"), model.backbone)

@@ -53,7 +53,8 @@ DEFAULTS: dict[str, Any] = {
         "name": "adam",              # adam | adamw
         "lr": 0.001,
         "weight_decay": 0.0,
-        "schedule": "step",          # step | constant
+        "schedule": "step",          # step | constant | cosine (over all epochs, after the warm-up)
+        "final_factor": 0.0,         # cosine: lr multiplier reached at the last step
         "milestones": [40, 45],      # epochs at which lr is multiplied by gamma
         "gamma": 0.1,
         "warmup_epochs": 0,          # linear warm-up, in epochs ...
@@ -64,7 +65,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "epochs": 50,
-        "amp": "off",                # off | bf16 | fp16 (fp16 uses a GradScaler)
+        "amp": "off",                # off | bf16 | fp16 (fp16 uses a GradScaler) | auto (precision.py)
         "channels_last": False,      # NHWC memory format on CUDA (helps convolutional backbones)
         "seed": 0,
         "device": "auto",            # auto | cpu | cuda
@@ -74,6 +75,7 @@ DEFAULTS: dict[str, Any] = {
         "save_every_steps": 0,       # also write last.pt every N optimiser steps (0: per epoch only)
         "log_every": 10,             # steps between log.jsonl lines
         "cache_backbone_gb": 0.0,    # with model.overrides.frozen_backbone: memo its outputs (GB of RAM, fp16)
+        "feature_cache_file": None,  # ... read at the start and written after each epoch (feature_cache.py)
         "sync_bn": False,            # SyncBatchNorm across GPUs (CUDA only)
         "find_unused_parameters": False,
     },
@@ -85,7 +87,7 @@ DEFAULTS: dict[str, Any] = {
     "output": "runs/default",
 }
 
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = ("off", "bf16", "fp16", "auto")
 
 
 class ConfigError(ValueError):
@@ -204,7 +206,10 @@ def validate(cfg: dict) -> None:
     _require(isinstance(o["lr"], (int, float)) and o["lr"] > 0, "optim.lr", f"must be a positive number, got {o['lr']!r}")
     _require(isinstance(o["backbone_lr_mult"], (int, float)) and o["backbone_lr_mult"] >= 0, "optim.backbone_lr_mult",
              f"must be a number >= 0, got {o['backbone_lr_mult']!r}")
-    _require(o["schedule"] in ("step", "constant"), "optim.schedule", f"unknown schedule {o['schedule']!r}; choose step or constant")
+    _require(o["schedule"] in ("step", "constant", "cosine"), "optim.schedule",
+             f"unknown schedule {o['schedule']!r}; choose step, constant or cosine")
+    _require(isinstance(o["final_factor"], (int, float)) and 0 <= o["final_factor"] <= 1, "optim.final_factor",
+             f"must be a number in [0, 1], got {o['final_factor']!r}")
     _require(isinstance(o["milestones"], list) and all(isinstance(x, int) for x in o["milestones"]),
              "optim.milestones", f"must be a list of epoch numbers, got {o['milestones']!r}")
     _require(isinstance(t["epochs"], int) and t["epochs"] >= 1, "train.epochs", f"must be a positive integer, got {t['epochs']!r}")

@@ -31,10 +31,12 @@ from torch.utils.data import DataLoader, Subset
 from ..data import Letterbox, collate
 from ..metrics import DEFINITIONS, IoUAccumulator, format_table
 from .distributed import DistInfo, ShardSampler, all_gather_objects
+from .precision import resolve_amp
 
 
 def autocast(device: torch.device, amp: str):
-    """The autocast context of ``amp`` (off | bf16 | fp16) on ``device``."""
+    """The autocast context of ``amp`` (off | bf16 | fp16 | auto: precision.py) on ``device``."""
+    amp = resolve_amp(amp, device)
     if amp == "off":
         return nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16

@@ -32,6 +32,7 @@ from .config import check_paths, model_overrides, save_config
 from .distributed import (DistInfo, SkipSampler, all_gather_objects, all_reduce_max, all_reduce_mean, barrier, cleanup,
                           init_distributed)
 from .evaluate import autocast, evaluate
+from .precision import resolve_amp
 from .runlog import RunLogger, plot_curves
 
 
@@ -45,10 +46,11 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_factor(step: int, iters_per_epoch: int, optim: dict) -> float:
+def lr_factor(step: int, iters_per_epoch: int, optim: dict, total_steps: int | None = None) -> float:
     """Multiplier of the base lr after ``step`` optimiser steps: linear warm-up from
     ``warmup_factor`` over max(warmup_iters, warmup_epochs x iters_per_epoch) steps, times
-    ``gamma`` per milestone epoch passed (schedule ``step``)."""
+    ``gamma`` per milestone epoch passed (schedule ``step``), or times a half cosine from 1
+    after the warm-up to ``final_factor`` at ``total_steps`` (schedule ``cosine``)."""
     factor = 1.0
     warm = max(int(optim["warmup_iters"]), int(round(float(optim["warmup_epochs"]) * iters_per_epoch)))
     if step < warm:
@@ -57,6 +59,12 @@ def lr_factor(step: int, iters_per_epoch: int, optim: dict) -> float:
     if optim["schedule"] == "step":
         epoch = step // max(1, iters_per_epoch)
         factor *= float(optim["gamma"]) ** sum(epoch >= m for m in optim["milestones"])
+    elif optim["schedule"] == "cosine":
+        if total_steps is None:
+            raise ValueError("the cosine schedule needs total_steps")
+        t = min(1.0, max(0, step - warm) / max(1, total_steps - warm))
+        end = float(optim["final_factor"])
+        factor *= end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * t))
     return factor
 
 
@@ -117,8 +125,9 @@ class Trainer:
         o = cfg["optim"]
         self.optimizer = build_optimizer(self.model, o)
         ipe = self.iters_per_epoch
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, ipe, o))
-        self.amp = t["amp"]
+        total = ipe * int(t["epochs"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, ipe, o, total))
+        self.amp = resolve_amp(t["amp"], self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
 
         if ckpt:
@@ -145,7 +154,7 @@ class Trainer:
             self.logger.log("event", self.state.epoch, self.state.step,
                             message="resume" if ckpt else "start", world_size=self.info.world_size,
                             device=str(self.device), vocab=len(self.vocab), word_vectors=self.vectors,
-                            train_items=len(self.train_ds), iters_per_epoch=self.iters_per_epoch)
+                            train_items=len(self.train_ds), iters_per_epoch=self.iters_per_epoch, amp=self.amp)
 
     # ------------------------------------------------------------------ set-up
 
@@ -185,6 +194,13 @@ class Trainer:
             from ..model.feature_cache import FeatureCache
 
             model.feature_cache = FeatureCache(int(float(t["cache_backbone_gb"]) * 2**30))
+            path = t["feature_cache_file"]
+            if path and os.path.exists(path):
+                try:
+                    n = model.feature_cache.load(path, model.backbone)
+                    print(f"feature cache: {n} images from {path}", flush=True)
+                except ValueError as e:
+                    print(f"warning: feature cache not used: {e}", flush=True)
         self.channels_last = bool(t["channels_last"]) and self.device.type == "cuda"
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -268,7 +284,7 @@ class Trainer:
         t = self.cfg["train"]
         res = evaluate(self.model, self.val_ds, self.device, threshold=float(self.cfg["eval"]["threshold"]),
                        batch_size=int(self.cfg["eval"]["batch_size"]), workers=int(self.cfg["data"]["workers"]),
-                       amp=t["amp"], records=False, max_items=self.cfg["data"]["val_max_items"], dist_info=self.info,
+                       amp=self.amp, records=False, max_items=self.cfg["data"]["val_max_items"], dist_info=self.info,
                        channels_last=self.channels_last)
         return res["totals"]
 
@@ -341,7 +357,18 @@ class Trainer:
             self.save("last.pt")
             if improved:
                 self.save("best.pt")
+            self._save_feature_cache()
         return self.finish(stopped_early)
+
+    def _save_feature_cache(self) -> None:
+        """Write the backbone memo to ``train.feature_cache_file`` (main rank) when it grew."""
+        cache, path = self.model.feature_cache, self.cfg["train"]["feature_cache_file"]
+        if cache is None or not path or not cache.unsaved or not self.info.is_main:
+            return
+        try:
+            cache.save(path, self.model.backbone)
+        except OSError as e:  # a full disk must not stop the run: the memo is only a speed-up
+            print(f"warning: could not write the feature cache {path}: {e}", flush=True)
 
     def finish(self, stopped_early: bool) -> dict:
         if self.info.is_main:

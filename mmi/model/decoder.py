@@ -61,15 +61,20 @@ class MutualDecoder(nn.Module):
         self.layers = nn.ModuleList(cls(dim, heads, t_max, fusion=fusion, dropout=dropout, gate=gate) for _ in range(layers))
         self.updates = nn.ModuleList(LanguageUpdate(dim) for _ in range(layers - 1)) if imi else None
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, lang: torch.Tensor, word_mask: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, lang: torch.Tensor, word_mask: torch.Tensor,
+                layer_outputs: list | None = None) -> tuple[torch.Tensor, list[dict]]:
         """x (B, HW, C), pos (B or 1, HW, C), lang F_t (B, T, C), word_mask (B, T).
 
         Returns the final multi-modal pixel features (B, HW, C) and one attention dict per layer.
+        When ``layer_outputs`` is a list, each layer's output (B, HW, C) is appended to it
+        (deep supervision).
         """
         maps = []
         for i, layer in enumerate(self.layers):
             x, att = layer(x, pos, lang, word_mask)
             maps.append(att)
+            if layer_outputs is not None:
+                layer_outputs.append(x)
             if self.updates is not None and i < len(self.updates):
                 lang = self.updates[i](x, lang, word_mask)
         return x, maps

@@ -33,16 +33,24 @@ class MMI(nn.Module):
         config: the JSON-safe dict that ``build_model_from_config`` rebuilds this from.
         sentence_fusion: optional SentenceFusion applied to the pixel tokens before the
         decoder (multiplicative fusion with the sentence feature f_s; fusion.py).
+        aux_weight: deep supervision [practice, optional training aid]: a linear layer shared
+        by all decoder layers predicts the mask on the stride-16 grid from each layer's output,
+        with the same BCE (+ Dice) loss against the area-downsampled target, averaged over the
+        layers and weighted by this. 0 (default) adds nothing. Training only: inference
+        outputs are unchanged. Without it the decoder learns only through the mask head.
     """
 
     def __init__(self, backbone: nn.Module, vision: VisionEncoder, language: LanguageEncoder, decoder: MutualDecoder,
                  mask_head: MaskHead, lfr: LanguageReconstruction | None, image_size: int, t_max: int,
                  lfr_weight: float = 0.1, mask_weight: float = 1.0, frozen_backbone: bool = False,
-                 dice_weight: float = 0.0, config: dict | None = None, sentence_fusion: nn.Module | None = None):
+                 dice_weight: float = 0.0, config: dict | None = None, sentence_fusion: nn.Module | None = None,
+                 aux_weight: float = 0.0):
         super().__init__()
         self.backbone, self.vision, self.language = backbone, vision, language
         self.decoder, self.mask_head, self.lfr = decoder, mask_head, lfr
         self.sentence_fusion = sentence_fusion
+        self.aux_weight = float(aux_weight)
+        self.aux_head = nn.Linear(vision.dim, 1) if self.aux_weight > 0 else None
         self.image_size, self.t_max = image_size, t_max
         self.lfr_weight, self.mask_weight, self.dice_weight = lfr_weight, mask_weight, dice_weight
         self.config = dict(config or {})
@@ -88,7 +96,8 @@ class MMI(nn.Module):
         out, _ = self._decode(feats, words, word_mask.bool(), self.language(words, word_mask.bool()), return_attention)
         return out
 
-    def _decode(self, feats: dict, words: torch.Tensor, word_mask: torch.Tensor, lang: tuple, return_attention: bool) -> tuple[dict, torch.Tensor]:
+    def _decode(self, feats: dict, words: torch.Tensor, word_mask: torch.Tensor, lang: tuple, return_attention: bool,
+                layer_outputs: list | None = None) -> tuple[dict, torch.Tensor]:
         B = words.shape[0]
         pixels, skip = feats["pixels"], feats["skip"]
         if pixels.shape[0] != B:
@@ -97,10 +106,10 @@ class MMI(nn.Module):
             pixels, skip = pixels.expand(B, -1, -1), skip.expand(B, -1, -1, -1)
         if self.sentence_fusion is not None:
             pixels = self.sentence_fusion(pixels, lang[1])
-        x, maps = self.decoder(pixels, feats["pos"], lang[0], word_mask)
+        x, maps = self.decoder(pixels, feats["pos"], lang[0], word_mask, layer_outputs)
         H, W = feats["hw"]
         grid = x.transpose(1, 2).reshape(B, -1, H, W)
-        out = {"logits": self.mask_head(grid, skip)}
+        out = {"logits": self.mask_head(grid, skip, lang[1])}
         if return_attention:
             out["attention"] = [{k: v.reshape(*v.shape[:3], H, W) for k, v in m.items()} for m in maps]
         return out, x
@@ -114,7 +123,9 @@ class MMI(nn.Module):
         """
         words, word_mask = batch["words"], batch["word_mask"].bool()
         lang = self.language(words, word_mask)
-        out, x = self._decode(self.encode_image(batch["image"]), words, word_mask, lang, return_attention)
+        layers = [] if self.training and self.aux_head is not None else None
+        feats = self.encode_image(batch["image"])
+        out, x = self._decode(feats, words, word_mask, lang, return_attention, layers)
         if not self.training:
             return out
         logits = out["logits"]
@@ -125,6 +136,17 @@ class MMI(nn.Module):
         if self.dice_weight > 0:
             out["loss_dice"] = dice_loss(logits.float(), target.float())
             loss = loss + self.dice_weight * out["loss_dice"]
+        if layers:
+            H, W = feats["hw"]
+            small = F.interpolate(batch["mask"].float(), size=(H, W), mode="area")
+            aux = 0.0
+            for y in layers:  # (B, HW, C) -> (B, 1, H, W) logits at stride 16
+                a = self.aux_head(y).float().transpose(1, 2).reshape(-1, 1, H, W)
+                aux = aux + F.binary_cross_entropy_with_logits(a, small)
+                if self.dice_weight > 0:
+                    aux = aux + self.dice_weight * dice_loss(a, small)
+            out["loss_aux"] = aux / len(layers)
+            loss = loss + self.aux_weight * out["loss_aux"]
         if self.lfr is not None:
             out["loss_lfr"] = self.lfr(x, lang[0], lang[1], word_mask)
             loss = loss + self.lfr_weight * out["loss_lfr"]

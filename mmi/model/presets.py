@@ -10,7 +10,9 @@ Settings:
     lfr_weight, mask_weight, dropout, frozen_backbone (train the head only), dice_weight
     (an optional Dice term beside the paper's BCE; 0 by default), word_gate, sentence_fusion,
     language_norm (fusion.py, language.py), coord_features (the 8-D spatial map of MCN/VLT
-    concatenated to the visual features, vision.py); all four off by default.
+    concatenated to the visual features, vision.py); all four off by default; aux_weight
+    (deep supervision of each decoder layer on the stride-16 grid, mmi.py) and skip_fusion
+    (the sentence feature gates the mask head's stride-8 level, mask_head.py), off by default.
 
 The ``demo`` preset (MobileNetV2, S=256, C=128, 4 heads, mask decoder 128 channels) is
 sized for a CPU: at 256 px the stride-16 grid is 16x16, enough for the 3-9 object
@@ -34,7 +36,7 @@ from .vision import VisionEncoder
 _COMMON = dict(backbone_weights="default", encoder_layers=2, decoder_layers=2, word_dim=300, attention="mutual",
                fusion="product", imi=True, lfr=True, lfr_weight=0.1, mask_weight=1.0, dropout=0.1, t_max=15,
                frozen_backbone=False, dice_weight=0.0, word_gate=False, sentence_fusion=False,
-               language_norm=False, coord_features=False)
+               language_norm=False, coord_features=False, aux_weight=0.0, skip_fusion=False)
 
 
 def paper_darknet53() -> dict:
@@ -90,12 +92,12 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     language = LanguageEncoder(cfg["vocab_size"], dim, cfg["word_dim"], drop, norm=cfg["language_norm"])
     decoder = MutualDecoder(dim, heads, t_max, cfg["decoder_layers"], cfg["attention"], cfg["imi"], cfg["fusion"], drop,
                            gate=cfg["word_gate"])
-    head = MaskHead(dim, backbone.out_channels[0], cfg["head_channels"])
+    head = MaskHead(dim, backbone.out_channels[0], cfg["head_channels"], skip_fusion=cfg["skip_fusion"])
     lfr = LanguageReconstruction(dim, t_max) if cfg["lfr"] else None
     sentence = SentenceFusion(dim, drop) if cfg["sentence_fusion"] else None
     return MMI(backbone, vision, language, decoder, head, lfr, cfg["image_size"], t_max,
                cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], cfg["dice_weight"], config=cfg,
-               sentence_fusion=sentence)
+               sentence_fusion=sentence, aux_weight=cfg["aux_weight"])
 
 
 def build_model_from_config(config: dict) -> MMI:
