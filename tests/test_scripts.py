@@ -82,3 +82,39 @@ def test_ablation_refuses_a_finished_run_of_another_budget(tmp_path, monkeypatch
                                      "--steps", "1681", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="epochs: 1 there, 2 asked; steps per epoch: 400 there, 1681 asked"):
         mod.main()
+
+
+def test_time_to_accuracy_sums_legs_and_adds_the_set_up(tmp_path, capsys):
+    lines = [
+        {"kind": "event", "step": 0, "time": 1000.0, "message": "start"},
+        {"kind": "val", "epoch": 1, "step": 10, "time": 1000.0 + 30 * 60, "oIoU": 0.55, "mIoU": 0.5, "Prec@0.5": 0.5},
+        {"kind": "train", "epoch": 2, "step": 15, "time": 1000.0 + 45 * 60},  # then the machine was off for a day
+        {"kind": "event", "step": 12, "time": 90000.0, "message": "resume"},
+        {"kind": "val", "epoch": 2, "step": 20, "time": 90000.0 + 15 * 60, "oIoU": 0.72, "mIoU": 0.7, "Prec@0.5": 0.7},
+        {"kind": "val", "epoch": 3, "step": 30, "time": 90000.0 + 75 * 60, "oIoU": 0.86, "mIoU": 0.8, "Prec@0.5": 0.8},
+    ]
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    prep = tmp_path / "prep.json"
+    prep.write_text(json.dumps({"data": 2.0, "feature_cache": 13.0}))
+    res = load_script("time_to_accuracy").main([str(log), "--prep", str(prep)])
+    # 45 min in leg 1 (to its last line), + 15 min into leg 2 = 60 min, + 15 min set-up = 1.25 h
+    assert res["targets"] == {"60.0": 1.25, "70.0": 1.25, "80.0": 2.25, "85.0": 2.25}
+    out = capsys.readouterr().out
+    assert "| epoch 1 | 10 | 30.0 | 55.00 |" in out and "| 85 | 2.25 h (epoch 3, step 30) |" in out
+    res = load_script("time_to_accuracy").main([str(log), "--targets", "90"])
+    assert res["targets"] == {"90.0": None} and "not reached (best 86.00)" in capsys.readouterr().out
+
+
+def test_recipe_table_reads_the_last_validation_and_differences(tmp_path, capsys):
+    for name, o in (("a", 0.2), ("b", 0.25)):
+        run = tmp_path / name
+        run.mkdir()
+        recs = [{"kind": "train", "epoch": 1, "step": 1, "time": 1.0, "images_per_s": 10.0 if name == "a" else 30.0},
+                {"kind": "val", "epoch": 1, "step": 5, "time": 2.0, "count": 600, "oIoU": o, "mIoU": o, "Prec@0.5": 0.01}]
+        (run / "log.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    (tmp_path / "unfinished").mkdir()
+    rows = load_script("recipe_table").main([str(tmp_path), "--json", str(tmp_path / "t.json")])
+    assert [r["run"] for r in rows] == ["a", "b"] and rows[1]["delta"] == pytest.approx(5.0)
+    assert "| b | 5 | 25.00 | 25.00 | 1.00 | +5.00 | 30.0 |" in capsys.readouterr().out
+    assert json.loads((tmp_path / "t.json").read_text())[1]["images_per_s"] == 30.0
