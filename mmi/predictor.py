@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data.transforms import Letterbox, letterbox, to_tensor
+from .data.transforms import Letterbox, letterbox, normalization, to_tensor
 from .text import Vocabulary
 
 FULL_RES_PIXELS = 4096 * 4096
@@ -363,7 +363,7 @@ class Predictor:
                 self._cache.move_to_end(key)
                 return hit
             canvas, lb = letterbox(rgb, self.image_size)
-            x = to_tensor(canvas)[None].to(self.device).contiguous(memory_format=self.memory_format)
+            x = to_tensor(canvas, normalization(self.model.config))[None].to(self.device).contiguous(memory_format=self.memory_format)
             with torch.inference_mode():
                 feats = self.model.encode_image(x)
             self.encode_calls += 1

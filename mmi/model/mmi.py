@@ -126,7 +126,7 @@ class MMI(nn.Module):
             out["loss_dice"] = dice_loss(logits.float(), target.float())
             loss = loss + self.dice_weight * out["loss_dice"]
         if self.lfr is not None:
-            out["loss_lfr"] = self.lfr(x, lang[0], lang[1], word_mask)
+            out["loss_lfr"] = self.lfr(x, lang.clean if self.lfr.clean_target else lang[0], lang[1], word_mask)
             loss = loss + self.lfr_weight * out["loss_lfr"]
         out["loss"] = loss
         return out
