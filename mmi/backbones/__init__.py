@@ -47,8 +47,9 @@ NO_DEFAULT_WEIGHTS = ("darknet53", "swin_b")
 WEIGHTS_HELP = {
     "darknet53": (
         "the paper uses Darknet-53 trained on COCO with the images of the RefCOCO, RefCOCO+ and RefCOCOg "
-        "val/test splits removed (the weights MCN released and VLT reused); give a Darknet .weights file "
-        "or a PyTorch state dict of mmi.backbones.Darknet53 (a Keras .h5 must be converted first)"),
+        "val/test splits removed; MCN (github.com/luogen1996/MCN, data/README.md) provides such weights in a "
+        "Keras and a Darknet version (COCO 2014 train+val minus ~6,500 images). Give the Darknet .weights "
+        "file (a YOLOv3 head after the backbone is ignored) or a PyTorch state dict of mmi.backbones.Darknet53"),
     "swin_b": (
         "the paper uses ImageNet Swin-B; LAVT's setting, which it follows, is the official "
         "swin_base_patch4_window12_384_22k.pth of microsoft/Swin-Transformer (backbone_options "
