@@ -82,3 +82,37 @@ def test_ablation_refuses_a_finished_run_of_another_budget(tmp_path, monkeypatch
                                      "--steps", "1681", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="epochs: 1 there, 2 asked; steps per epoch: 400 there, 1681 asked"):
         mod.main()
+
+
+def test_ablation_variants_differ_by_one_switch_and_build(tmp_path, monkeypatch):
+    """The paper's ablation: the baseline is the LAV-only generic attention, no variant has the
+    word gate (a second VAL path), and baseline and "+mutual" differ in the attention alone."""
+    from mmi.model import resolve_config
+
+    mod = load_script("ablation")
+    v = mod.variants()
+    assert v["baseline"]["attention"] == "generic_lav" and v["+mutual"]["attention"] == "mutual"
+    assert {k for k in v["baseline"] if v["baseline"][k] != v["+mutual"][k]} == {"attention"}
+    recipe = mod.config_overrides("configs/demo_synref.json")
+    for name, over in v.items():
+        cfg = resolve_config("demo", 10, **dict(recipe, **over))
+        assert cfg["word_gate"] is False and cfg["imi_values"] == "language" and cfg["lfr_target"] == "clean", name
+    legacy = mod.variants(legacy=True)
+    assert legacy["baseline"]["attention"] == "pixel_query" and "word_gate" not in legacy["baseline"]
+    assert legacy["all"]["imi_values"] == "context" and legacy["all"]["lfr_target"] == "dropout"
+
+    commands = []
+
+    def fake_run(cmd):  # what train.py would get; the evaluation writes a result
+        commands.append(cmd)
+        if "--eval-only" in cmd:
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"totals": {k: 0.5 for k in mod.METRICS}, "by_type": {}}))
+
+    monkeypatch.setattr(mod, "run", fake_run)
+    monkeypatch.setattr("sys.argv", ["ablation.py", "--variants", "baseline", "--seeds", "0", "--out", str(tmp_path)])
+    mod.main()
+    sets = [c for c in commands[0] if c.startswith("model.overrides=")]
+    over = json.loads(sets[0].split("=", 1)[1])
+    assert over["attention"] == "generic_lav" and over["word_gate"] is False
