@@ -77,6 +77,20 @@ def config_overrides(path: str) -> dict:
     return dict(load_config(os.path.join(ROOT, path))["model"]["overrides"] or {})
 
 
+def model_settings(preset: str, over: dict, stored: bool = False) -> dict | None:
+    """Every model setting ``over`` gives on ``preset``; a ``stored`` run's overrides are read
+    as a checkpoint's config is (``presets.legacy_config``: missing new keys take their
+    earlier values, "generic" is the pixels-query-words layer). None when they do not resolve."""
+    from mmi.model.presets import legacy_config, resolve_config
+
+    if stored:
+        over = legacy_config({**over, "attention": over.get("attention", "mutual")})
+    try:
+        return resolve_config(preset, 2, **over)
+    except ValueError:
+        return None
+
+
 def same_budget(out: str, over: dict, seed: int, args) -> None:
     """Refuse a finished run of another budget or recipe in ``out``: its result would be
     reported as if it were this one's."""
@@ -85,9 +99,13 @@ def same_budget(out: str, over: dict, seed: int, args) -> None:
         return
     with open(path) as f:
         cfg = json.load(f)
+    preset = cfg["model"].get("preset") or load_config(os.path.join(ROOT, args.config))["model"]["preset"]
     want = {"epochs": args.epochs, "steps per epoch": args.steps, "seed": seed, "model overrides": over}
     have = {"epochs": cfg["train"]["epochs"], "steps per epoch": cfg["train"]["max_steps_per_epoch"],
             "seed": cfg["train"]["seed"], "model overrides": cfg["model"]["overrides"]}
+    settings = model_settings(preset, over)
+    if settings is not None and model_settings(preset, have["model overrides"], stored=True) == settings:
+        have["model overrides"] = over  # the same network, written before settings were added or renamed
     diff = [f"{k}: {have[k]} there, {want[k]} asked" for k in want if have[k] != want[k]]
     if diff:
         raise SystemExit(f"{out} holds a run of another budget or recipe ({'; '.join(diff)}); "

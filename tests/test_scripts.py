@@ -116,3 +116,22 @@ def test_ablation_variants_differ_by_one_switch_and_build(tmp_path, monkeypatch)
     sets = [c for c in commands[0] if c.startswith("model.overrides=")]
     over = json.loads(sets[0].split("=", 1)[1])
     assert over["attention"] == "generic_lav" and over["word_gate"] is False
+
+
+def test_ablation_legacy_reuses_runs_written_before_the_rename(tmp_path, monkeypatch):
+    """A finished run of the README's table (attention "generic", none of the new keys) is the
+    --legacy baseline; the paper's ablation refuses it as another recipe."""
+    mod = load_script("ablation")
+    run = tmp_path / "baseline_s0"
+    run.mkdir()
+    old = dict(mod.config_overrides("configs/demo_synref.json"), attention="generic", imi=False, lfr=False, image_size=192)
+    cfg = {"train": {"epochs": 2, "max_steps_per_epoch": 1681, "seed": 0}, "model": {"preset": "demo", "overrides": old}}
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "eval_val.json").write_text(json.dumps({"totals": {k: 0.25 for k in mod.METRICS}, "by_type": {}}))
+    monkeypatch.setattr(mod, "run", lambda cmd: pytest.fail(f"nothing may be trained: {cmd}"))
+    argv = ["ablation.py", "--variants", "baseline", "--seeds", "0", "--epochs", "2", "--steps", "1681", "--out", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", argv[:1] + ["--legacy"] + argv[1:])
+    mod.main()
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit, match="model overrides"):
+        mod.main()
