@@ -25,7 +25,7 @@ Per expression it returns a :class:`Prediction`:
 - ``tokens``, ``unknown``, ``dropped``: the words as the model saw them (from
   :meth:`Vocabulary.encode`): unknown words mapped to ``<unk>``, words cut off at T.
 - ``attention``: per decoder layer ``{"lav": (heads, T, H, W), "val": (heads, T, H, W)}``,
-  raw weights on the stride-16 grid for the real words only (``val`` absent for generic
+  raw weights on the stride-16 grid for the real words only (``val`` absent for generic_lav/pixel_query
   attention). :meth:`Prediction.word_maps` averages the heads and maps them to the
   original image, or to a capped display size for large images.
 
