@@ -186,6 +186,8 @@ def validate(cfg: dict) -> None:
 
     m, d, o, t = cfg["model"], cfg["data"], cfg["optim"], cfg["train"]
     _require(m["preset"] in PRESETS, "model.preset", f"unknown model preset {m['preset']!r}; choose one of {sorted(PRESETS)}")
+    _require(m["overrides"].get("backbone_weights", "") is not None, "model.overrides.backbone_weights",
+             "null is not accepted in a run config: say \"random\" to train the backbone from scratch, or name a file")
     try:
         resolve_config(m["preset"], 2, **model_overrides(cfg))  # raises on an unknown setting
     except ValueError as e:

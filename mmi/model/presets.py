@@ -112,7 +112,7 @@ def resolve_config(preset: str, vocab_size: int, **overrides) -> dict:
     """The full settings of ``preset`` with ``overrides`` applied; unknown keys are errors."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}: choose one of {sorted(PRESETS)}")
-    cfg = PRESETS[preset]()
+    cfg = copy.deepcopy(PRESETS[preset]())  # no preset default (backbone_options) shared between models
     unknown = sorted(set(overrides) - set(cfg))
     if unknown:
         raise ValueError(f"unknown model setting(s) {unknown} for preset {preset!r}; known: {sorted(cfg)}")
