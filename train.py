@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             validate(cfg)
         else:
             cfg = load_config(args.config, args.set)
-        check_paths(cfg)
+        check_paths(cfg, resume=bool(args.resume))
         from mmi.engine.trainer import NonFiniteLossError, train
 
         try:

@@ -25,7 +25,7 @@ Per expression it returns a :class:`Prediction`:
 - ``tokens``, ``unknown``, ``dropped``: the words as the model saw them (from
   :meth:`Vocabulary.encode`): unknown words mapped to ``<unk>``, words cut off at T.
 - ``attention``: per decoder layer ``{"lav": (heads, T, H, W), "val": (heads, T, H, W)}``,
-  raw weights on the stride-16 grid for the real words only (``val`` absent for generic
+  raw weights on the stride-16 grid for the real words only (``val`` absent for generic_lav/pixel_query
   attention). :meth:`Prediction.word_maps` averages the heads and maps them to the
   original image, or to a capped display size for large images.
 
@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data.transforms import Letterbox, letterbox, to_tensor
+from .data.transforms import Letterbox, letterbox, normalization, to_tensor
 from .text import Vocabulary
 
 FULL_RES_PIXELS = 4096 * 4096
@@ -363,7 +363,7 @@ class Predictor:
                 self._cache.move_to_end(key)
                 return hit
             canvas, lb = letterbox(rgb, self.image_size)
-            x = to_tensor(canvas)[None].to(self.device).contiguous(memory_format=self.memory_format)
+            x = to_tensor(canvas, normalization(self.model.config))[None].to(self.device).contiguous(memory_format=self.memory_format)
             with torch.inference_mode():
                 feats = self.model.encode_image(x)
             self.encode_calls += 1

@@ -109,11 +109,18 @@ class Vocabulary:
 def read_glove(path: str, vocab: Vocabulary, dim: int = 300) -> tuple[torch.Tensor, int]:
     """Vectors for ``vocab`` from a GloVe text file (``word v1 ... vdim`` per line).
 
+    The vocabulary is lower-case; GloVe 840B is cased and sorted by frequency. A word's
+    row comes from its exact lower-case entry when the file has one, else from its most
+    frequent casing, the first in the file ("us" reads ``us``, not ``US``; "paris" reads
+    ``Paris`` when ``paris`` is absent). Each row is filled once.
+
     Returns (V, dim) float tensor (random rows where the word is missing) and the number
-    of words found. Raises ValueError naming the file and line on a malformed row.
+    of distinct vocabulary words found. Raises ValueError naming the file and line on a
+    malformed row.
     """
     table = _random_table(len(vocab), dim)
-    found = 0
+    exact: set[int] = set()  # rows filled from the exact lower-case entry: final
+    cased: set[int] = set()  # rows filled from another casing: an exact entry may still replace it
     with open(path, encoding="utf8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             parts = line.rstrip().split(" ")
@@ -123,14 +130,19 @@ def read_glove(path: str, vocab: Vocabulary, dim: int = 300) -> tuple[torch.Tens
                 raise ValueError(f"{path}:{lineno}: expected a word and {dim} numbers, got {len(parts) - 1} numbers")
             word = " ".join(parts[: len(parts) - dim])
             i = vocab.index.get(word.lower())
-            if i is None or i < 2:
+            if i is None or i < 2 or i in exact:
                 continue
+            is_exact = word == word.lower()
+            if not is_exact and i in cased:
+                continue  # a more frequent casing came first
             try:
                 table[i] = torch.tensor([float(x) for x in parts[-dim:]])
             except ValueError as e:
                 raise ValueError(f"{path}:{lineno}: not a number ({e})") from None
-            found += 1
-    return table, found
+            (exact if is_exact else cased).add(i)
+            if len(exact) == len(vocab) - 2:
+                break  # every word has its exact entry
+    return table, len(exact | cased)
 
 
 def spacy_vectors_path() -> str | None:

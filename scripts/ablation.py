@@ -3,13 +3,20 @@
 Variants, each trained with the same data, steps, batch and seeds, then evaluated on the
 same split with ``train.py --eval-only`` (oIoU, mIoU, Prec@X at the original resolution):
 
-    baseline   generic attention, no IMI, no LFR
+    baseline   the paper's generic attention (``generic_lav``: words query pixels, LAV only), no IMI, no LFR
     +mutual    mutual attention (M3Att)
     +IMI       generic attention + IMI
     +LFR       generic attention + LFR
     all        mutual attention + IMI + LFR (the full MMI)
 
-    python scripts/ablation.py --seeds 0 1 --epochs 2 --steps 1681 --image-size 192 --out runs/ablation_e2
+    python scripts/ablation.py --seeds 0 1 --epochs 2 --steps 1681 --image-size 192 --out runs/ablation_e3
+
+Every variant runs with ``word_gate`` off: it is a second VAL path (attention.py), so with
+it on "+ mutual attention" would not differ from the baseline by VAL alone. IMI takes its
+values from the language features and LFR its target from the word features before dropout
+(the paper's forms). ``--legacy`` repeats the README's earlier table instead: the
+pixels-query-words baseline (``pixel_query``), the recipe's ``word_gate``, IMI values from
+the pooled context and the LFR target after dropout.
 
 The recipe is that of ``--config`` (default: the shipped model's, configs/demo_synref.json),
 shortened by the flags to fit a 2-core CPU: the README's table is two epochs of 1,681
@@ -33,13 +40,26 @@ import subprocess
 import sys
 from statistics import mean
 
-VARIANTS = {
-    "baseline": dict(attention="generic", imi=False, lfr=False),
-    "+mutual": dict(attention="mutual", imi=False, lfr=False),
-    "+IMI": dict(attention="generic", imi=True, lfr=False),
-    "+LFR": dict(attention="generic", imi=False, lfr=True),
-    "all": dict(attention="mutual", imi=True, lfr=True),
+SWITCHES = {  # (attention is mutual, imi, lfr)
+    "baseline": (False, False, False),
+    "+mutual": (True, False, False),
+    "+IMI": (False, True, False),
+    "+LFR": (False, False, True),
+    "all": (True, True, True),
 }
+
+
+def variants(legacy: bool = False) -> dict[str, dict]:
+    """The model overrides of each variant. The paper's ablation by default; ``legacy``: the
+    settings of the README's earlier runs (pixels-query-words baseline, word gate as the
+    recipe says, IMI values from the pooled context, LFR target after dropout)."""
+    generic = "pixel_query" if legacy else "generic_lav"
+    extra = dict(imi_values="context", lfr_target="dropout") if legacy else dict(word_gate=False, imi_values="language", lfr_target="clean")
+    return {name: dict(attention="mutual" if mutual else generic, imi=imi, lfr=lfr, **extra)
+            for name, (mutual, imi, lfr) in SWITCHES.items()}
+
+
+VARIANTS = variants()
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from mmi.data.synthetic.expressions import TYPES  # noqa: E402
@@ -57,6 +77,20 @@ def config_overrides(path: str) -> dict:
     return dict(load_config(os.path.join(ROOT, path))["model"]["overrides"] or {})
 
 
+def model_settings(preset: str, over: dict, stored: bool = False) -> dict | None:
+    """Every model setting ``over`` gives on ``preset``; a ``stored`` run's overrides are read
+    as a checkpoint's config is (``presets.legacy_config``: missing new keys take their
+    earlier values, "generic" is the pixels-query-words layer). None when they do not resolve."""
+    from mmi.model.presets import legacy_config, resolve_config
+
+    if stored:
+        over = legacy_config({**over, "attention": over.get("attention", "mutual")})
+    try:
+        return resolve_config(preset, 2, **over)
+    except ValueError:
+        return None
+
+
 def same_budget(out: str, over: dict, seed: int, args) -> None:
     """Refuse a finished run of another budget or recipe in ``out``: its result would be
     reported as if it were this one's."""
@@ -65,9 +99,13 @@ def same_budget(out: str, over: dict, seed: int, args) -> None:
         return
     with open(path) as f:
         cfg = json.load(f)
+    preset = cfg["model"].get("preset") or load_config(os.path.join(ROOT, args.config))["model"]["preset"]
     want = {"epochs": args.epochs, "steps per epoch": args.steps, "seed": seed, "model overrides": over}
     have = {"epochs": cfg["train"]["epochs"], "steps per epoch": cfg["train"]["max_steps_per_epoch"],
             "seed": cfg["train"]["seed"], "model overrides": cfg["model"]["overrides"]}
+    settings = model_settings(preset, over)
+    if settings is not None and model_settings(preset, have["model overrides"], stored=True) == settings:
+        have["model overrides"] = over  # the same network, written before settings were added or renamed
     diff = [f"{k}: {have[k]} there, {want[k]} asked" for k in want if have[k] != want[k]]
     if diff:
         raise SystemExit(f"{out} holds a run of another budget or recipe ({'; '.join(diff)}); "
@@ -78,7 +116,7 @@ def one(variant: str, seed: int, recipe: dict, args) -> dict:
     """Train and evaluate one variant with one seed, unless done; its eval JSON."""
     out = os.path.join(args.out, f"{variant.strip('+')}_s{seed}")
     result = os.path.join(out, f"eval_{args.split}.json")
-    over = dict(recipe, **VARIANTS[variant], image_size=args.image_size)
+    over = dict(recipe, **variants(args.legacy)[variant], image_size=args.image_size)
     same_budget(out, over, seed, args)
     if not os.path.exists(result):
         milestones = [args.epochs - 1] if args.epochs > 1 else []  # lr x0.1 for the last epoch
@@ -125,6 +163,8 @@ def main() -> None:
     ap.add_argument("--max-items", type=int, default=1000, help="evaluate the first N expressions of the split")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--legacy", action="store_true",
+                    help="the README's earlier runs: pixels-query-words baseline, word gate, old IMI values and LFR target")
     ap.add_argument("--out", default="runs/ablation")
     args = ap.parse_args()
     recipe = config_overrides(args.config)
@@ -147,7 +187,7 @@ def main() -> None:
         print("\noIoU by expression type\n")
         print(table(summary, types, lambda v, t: summary[v]["by_type"][t]))
     with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump({"args": vars(args), "variants": VARIANTS, "results": summary}, f, indent=1)
+        json.dump({"args": vars(args), "variants": variants(args.legacy), "results": summary}, f, indent=1)
 
 
 if __name__ == "__main__":

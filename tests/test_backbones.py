@@ -38,10 +38,10 @@ def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     "name, kwargs, side, channels",
     [
         ("tiny", {}, 64, (16, 32, 64)),
-        ("darknet53", DARK_SMALL, 64, (32, 64, 128)),
+        ("darknet53", {**DARK_SMALL, "weights": None}, 64, (32, 64, 128)),
         ("mobilenet_v2", {"weights": None}, 64, (32, 96, 320)),
-        ("swin_b", SWIN_SMALL, 96, (16, 32, 64)),
-        ("swin_b", SWIN_SMALL, 480, (16, 32, 64)),  # the paper's Swin input side; windows padded
+        ("swin_b", {**SWIN_SMALL, "weights": None}, 96, (16, 32, 64)),
+        ("swin_b", {**SWIN_SMALL, "weights": None}, 480, (16, 32, 64)),  # the paper's Swin input side; windows padded
     ],
 )
 def test_strides_and_channels(name: str, kwargs: dict, side: int, channels: tuple[int, int, int]) -> None:
@@ -61,6 +61,29 @@ def test_registry_and_bad_names(tmp_path) -> None:
     missing = tmp_path / "nope.pth"
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         build_backbone("tiny", weights=str(missing))
+
+
+@pytest.mark.parametrize("name", ["darknet53", "swin_b"])
+def test_no_silent_random_backbone(name, tmp_path) -> None:
+    with pytest.raises(ValueError, match=f"{name} has no default weights.*weights=None for random"):
+        build_backbone(name)  # "default" used to mean random initialisation
+    missing = tmp_path / "where.weights"
+    with pytest.raises(FileNotFoundError, match="where.weights.*Where such weights come from: the paper uses"):
+        build_backbone(name, weights=str(missing))
+
+
+def test_weights_record_names_file_and_sha256(tmp_path) -> None:
+    import hashlib
+
+    from mmi.backbones import weights_record
+
+    path = tmp_path / "tiny.pth"
+    torch.save(build_backbone("tiny", weights=None).state_dict(), path)
+    model = build_backbone("tiny", weights=str(path))
+    rec = weights_record(str(path), model)
+    assert rec["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert rec["file"] == str(path.resolve()) and rec["bytes"] == path.stat().st_size
+    assert weights_record(None, build_backbone("tiny", weights=None)) == "random"
 
 
 def test_tiny_state_dict_round_trip(tmp_path) -> None:

@@ -312,3 +312,44 @@ def test_language_probes_keep_the_target_and_change_the_words(data, vocab):
     assert ds.unmatched == sum(len(by_image[it["meta"]["image_id"]]) == 1 for it in normal) < len(ds)
     with pytest.raises(ValueError, match="unknown language probe"):
         ds.set_language("shuffled")
+
+
+# ----------------------------------------------------------------------------- image roots and input scaling
+
+@pytest.mark.parametrize("tree", ["images/train2014", "images/mscoco/images/train2014"])
+def test_both_image_trees_are_found_without_flags(tmp_path, vocab, tree):
+    """``<root>/images/train2014`` and the refer toolkit's own ``<root>/images/mscoco/images/train2014``."""
+    root = tmp_path / "refer" / "data"
+    fixture = fx.write_refer_fixture(str(root))
+    want = root.joinpath(*tree.split("/"))
+    if tree != "images/train2014":
+        want.parent.mkdir(parents=True)
+        shutil.move(fixture.image_dir, want)
+    assert not (root / "images" / "train2014").exists() or tree == "images/train2014"
+    ds = build_dataset("refcoco", str(root), "train", 32, vocab, 15, train=False)
+    assert ds.refer.image_dir == str(want)
+    assert ds[0]["image"].shape == (3, 32, 32)
+
+
+def test_missing_image_tree_names_the_plain_folder(tmp_path, vocab):
+    root = tmp_path / "root"
+    fixture = fx.write_refer_fixture(str(root))
+    shutil.rmtree(fixture.image_dir)
+    with pytest.raises(DatasetError, match=r"images[/\\]train2014"):
+        build_dataset("refcoco", str(root), "train", 32, vocab, 15, train=False)
+
+
+def test_darknet_model_sees_rgb_over_255(data, vocab):
+    from mmi.data import normalization
+    from mmi.model import resolve_config
+
+    darknet = resolve_config("paper_darknet53", 10)
+    assert darknet["input_norm"] == "unit" and normalization(darknet) == ((0, 0, 0), (1, 1, 1))
+    assert resolve_config("paper_swin_b", 10)["input_norm"] == "imagenet"
+    assert normalization({"preset": "demo"}) == normalization(None) == normalization(resolve_config("demo", 10))
+    ds = build_dataset("refcoco", data.root, "train", 32, vocab, 15, train=False, normalization=normalization(darknet))
+    plain = build_dataset("refcoco", data.root, "train", 32, vocab, 15, train=False)
+    canvas, _ = ds._canvas(int(ds.ref(0)["image_id"]))
+    expect = torch.from_numpy(canvas.astype(np.float32) / 255).permute(2, 0, 1)
+    assert torch.allclose(ds[0]["image"], expect, atol=1e-6)
+    assert not torch.allclose(plain[0]["image"], expect, atol=0.1)  # ImageNet mean/std otherwise

@@ -64,6 +64,9 @@ def test_optim_presets_and_explicit_values_win(tmp_path):
     (["optim.backbone_lr_mult=-1"], "optim.backbone_lr_mult"),
     (["word_vectors.source=glove"], "word_vectors.glove"),
     (["optim=0.1"], "optim"),
+    (["model.overrides.backbone_weights=null"], "model.overrides.backbone_weights"),
+    (["model.preset=paper_darknet53", "model.overrides.backbone_weights=default"], "has no default weights"),
+    (["model.overrides.attention=generic"], "ambiguous"),
     (["lr"], "key=value"),
 ])
 def test_bad_values_name_the_key(overrides, key):

@@ -202,3 +202,28 @@ def test_bad_files_threshold_and_device(predictor, tmp_path, tiny_checkpoint):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             Predictor.from_checkpoint(tiny_checkpoint, device="cuda")
+
+
+def test_predictor_feeds_the_models_own_input_scaling(tmp_path):
+    """A model whose config says ``input_norm="unit"`` (Darknet) gets RGB/255, one without the
+    key (an old checkpoint) ImageNet mean/std."""
+    from mmi.data.transforms import IMAGENET_MEAN, IMAGENET_STD, letterbox
+    from mmi.engine.checkpoint import save_inference
+    from mmi.model import build_model
+    from mmi.text import Vocabulary
+
+    vocab = Vocabulary.from_sentences(["red cube"])
+    rgb = scene(40, 56)
+    canvas = letterbox(rgb, 64)[0].astype(np.float32) / 255
+    expect = {"unit": canvas, "imagenet": (canvas - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)}
+    for norm in ("unit", "imagenet"):
+        model = build_model("tiny", len(vocab), input_norm=norm)
+        if norm == "imagenet":
+            del model.config["input_norm"]  # as stored before the setting existed
+        path = str(tmp_path / f"{norm}.pt")
+        save_inference(path, model, vocab)
+        pred = Predictor.from_checkpoint(path, cache_size=1)
+        seen = []
+        pred.model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0][0].permute(1, 2, 0).numpy()))
+        pred.predict(rgb, ["red cube"], attention=False)
+        assert np.allclose(seen[0], expect[norm], atol=1e-5), norm

@@ -118,3 +118,56 @@ def test_recipe_table_reads_the_last_validation_and_differences(tmp_path, capsys
     assert [r["run"] for r in rows] == ["a", "b"] and rows[1]["delta"] == pytest.approx(5.0)
     assert "| b | 5 | 25.00 | 25.00 | 1.00 | +5.00 | 30.0 |" in capsys.readouterr().out
     assert json.loads((tmp_path / "t.json").read_text())[1]["images_per_s"] == 30.0
+
+
+def test_ablation_variants_differ_by_one_switch_and_build(tmp_path, monkeypatch):
+    """The paper's ablation: the baseline is the LAV-only generic attention, no variant has the
+    word gate (a second VAL path), and baseline and "+mutual" differ in the attention alone."""
+    from mmi.model import resolve_config
+
+    mod = load_script("ablation")
+    v = mod.variants()
+    assert v["baseline"]["attention"] == "generic_lav" and v["+mutual"]["attention"] == "mutual"
+    assert {k for k in v["baseline"] if v["baseline"][k] != v["+mutual"][k]} == {"attention"}
+    recipe = mod.config_overrides("configs/demo_synref.json")
+    for name, over in v.items():
+        cfg = resolve_config("demo", 10, **dict(recipe, **over))
+        assert cfg["word_gate"] is False and cfg["imi_values"] == "language" and cfg["lfr_target"] == "clean", name
+    legacy = mod.variants(legacy=True)
+    assert legacy["baseline"]["attention"] == "pixel_query" and "word_gate" not in legacy["baseline"]
+    assert legacy["all"]["imi_values"] == "context" and legacy["all"]["lfr_target"] == "dropout"
+
+    commands = []
+
+    def fake_run(cmd):  # what train.py would get; the evaluation writes a result
+        commands.append(cmd)
+        if "--eval-only" in cmd:
+            out = Path(cmd[cmd.index("--out") + 1])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps({"totals": {k: 0.5 for k in mod.METRICS}, "by_type": {}}))
+
+    monkeypatch.setattr(mod, "run", fake_run)
+    monkeypatch.setattr("sys.argv", ["ablation.py", "--variants", "baseline", "--seeds", "0", "--out", str(tmp_path)])
+    mod.main()
+    sets = [c for c in commands[0] if c.startswith("model.overrides=")]
+    over = json.loads(sets[0].split("=", 1)[1])
+    assert over["attention"] == "generic_lav" and over["word_gate"] is False
+
+
+def test_ablation_legacy_reuses_runs_written_before_the_rename(tmp_path, monkeypatch):
+    """A finished run of the README's table (attention "generic", none of the new keys) is the
+    --legacy baseline; the paper's ablation refuses it as another recipe."""
+    mod = load_script("ablation")
+    run = tmp_path / "baseline_s0"
+    run.mkdir()
+    old = dict(mod.config_overrides("configs/demo_synref.json"), attention="generic", imi=False, lfr=False, image_size=192)
+    cfg = {"train": {"epochs": 2, "max_steps_per_epoch": 1681, "seed": 0}, "model": {"preset": "demo", "overrides": old}}
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "eval_val.json").write_text(json.dumps({"totals": {k: 0.25 for k in mod.METRICS}, "by_type": {}}))
+    monkeypatch.setattr(mod, "run", lambda cmd: pytest.fail(f"nothing may be trained: {cmd}"))
+    argv = ["ablation.py", "--variants", "baseline", "--seeds", "0", "--epochs", "2", "--steps", "1681", "--out", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", argv[:1] + ["--legacy"] + argv[1:])
+    mod.main()
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit, match="model overrides"):
+        mod.main()

@@ -63,3 +63,22 @@ def test_spacy_vectors_are_found_by_hash_and_rescaled(tmp_path):
 def test_unreadable_spacy_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unreadable spaCy vectors"):
         read_spacy_vectors(str(tmp_path), Vocabulary(["red"]))
+
+
+def test_glove_prefers_the_exact_lowercase_entry_then_the_most_frequent_casing(tmp_path):
+    # GloVe 840B is cased and sorted by frequency: the first casing in the file is the most frequent
+    rows = [
+        ("US", 1), ("us", 2), ("Us", 3),          # exact lower-case entry wins though it comes later
+        ("May", 4), ("MAY", 5),                   # no lower-case entry: the first (most frequent) casing
+        ("red", 6), ("Red", 7), ("RED", 8),       # exact entry first: later casings change nothing
+        ("unrelated", 9),
+    ]
+    path = tmp_path / "glove.txt"
+    path.write_text("".join(f"{w} {v} {v} {v}\n" for w, v in rows))
+    vocab = Vocabulary(["us", "may", "red", "blue"])
+    table, found = read_glove(str(path), vocab, dim=3)
+    assert table[vocab.index["us"]].tolist() == [2, 2, 2]
+    assert table[vocab.index["may"]].tolist() == [4, 4, 4]
+    assert table[vocab.index["red"]].tolist() == [6, 6, 6]
+    assert found == 3  # distinct vocabulary words, not lines read (8 lines matched a word)
+    assert table[vocab.index["blue"]].abs().sum() > 0 and table[vocab.index["blue"]].tolist() != [9, 9, 9]

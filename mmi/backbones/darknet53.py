@@ -7,8 +7,8 @@ input). Every conv is conv (no bias) + BatchNorm + LeakyReLU(0.1): 52 convs in a
 Outputs: stages 3, 4, 5 with 8b, 16b, 32b channels (256, 512, 1024).
 
 Weights:
-    * ``"default"`` or ``None``: random initialisation. The paper's COCO-pretrained
-      Darknet-53 cannot be downloaded here; pass its file as a path instead.
+    * ``None``: random initialisation. ``"default"`` is refused by ``build_backbone``
+      (there is no default file); pass the COCO-pretrained file's path instead.
     * a Darknet ``.weights`` file (``darknet53.conv.74``, ``yolov3.weights``, ...): the
       backbone's convs are read in cfg order and any data after them (the YOLOv3 head)
       is ignored.

@@ -6,8 +6,8 @@ torchvision pads the feature maps to a multiple of the window inside each attent
 block and pads odd sizes before each patch merging (480 -> 120, 60, 30, 15 tokens).
 
 Weights:
-    * ``"default"`` or ``None``: random initialisation. No ImageNet Swin-B weights are
-      installed here and nothing is downloaded; pass a checkpoint path instead.
+    * ``None``: random initialisation. ``"default"`` is refused by ``build_backbone``
+      (nothing is installed or downloaded); pass a checkpoint path instead.
     * a torchvision ``SwinTransformer`` state dict (``features.*``, ``norm.*``, ``head.*``).
     * an official Swin release (microsoft/Swin-Transformer): ``{'model': {...}}`` with
       ``patch_embed.*``, ``layers.i.blocks.j.*``, ``layers.i.downsample.*``, ``norm.*``.

@@ -8,7 +8,8 @@ Evaluation (``train=False``): one item per expression.
 
 Item::
 
-    {"image": (3, S, S) float32, ImageNet-normalised letterboxed image,
+    {"image": (3, S, S) float32, the letterboxed image scaled as the model expects
+              (``normalization``: ImageNet mean/std by default, RGB/255 for Darknet),
      "words": (T,) long, "word_mask": (T,) bool, "mask": (1, S, S) float32 in {0, 1},
      "meta": {index, ref_id, sent_id, ann_id, image_id, expression, file_name,
               orig_hw: (H, W), letterbox: Letterbox.to_dict()}}
@@ -33,7 +34,7 @@ from torch.utils.data import Dataset
 
 from ..text import Vocabulary
 from .refer import DatasetError, ImageError, Refer, check_name, sentence_text
-from .transforms import Letterbox, letterbox, letterbox_mask, to_tensor
+from .transforms import Letterbox, Norm, letterbox, letterbox_mask, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,13 @@ class RefDataset(Dataset):
         t_max: T, words per expression (pad/truncate).
         train: one item per ref (True) or per expression (False).
         seed: seeds the per-epoch expression draw.
+        normalization: (mean, std) of the input scaling, ``transforms.normalization(model.config)``;
+            None: ImageNet mean/std.
     """
 
     def __init__(self, refer: Refer, split: str, image_size: int, vocab: Vocabulary | None, t_max: int,
-                 train: bool, seed: int = 0, cache_images: int = 16, cache_masks: int = 64):
+                 train: bool, seed: int = 0, cache_images: int = 16, cache_masks: int = 64,
+                 normalization: Norm | None = None):
         self.refer = refer
         self.name = refer.name
         self.split = split
@@ -88,6 +92,7 @@ class RefDataset(Dataset):
         self.t_max = int(t_max)
         self.train = bool(train)
         self.seed = int(seed)
+        self.normalization = normalization
         self.epoch = 0
         self.skipped = 0
         self.bad_images: set[int] = set()
@@ -207,7 +212,7 @@ class RefDataset(Dataset):
         mask = self._mask(ann_id, lb)
         enc = self.vocab.encode(text, self.t_max)
         return {
-            "image": to_tensor(canvas),
+            "image": to_tensor(canvas, self.normalization),
             "words": enc.ids,
             "word_mask": enc.mask,
             "mask": torch.from_numpy(mask).float().unsqueeze(0),
@@ -261,13 +266,16 @@ def load_refer(root: str, name: str, split_by: str | None = None, image_dir: str
 
 
 def build_dataset(name: str, root: str, split: str, image_size: int, vocab: Vocabulary | None, t_max: int | None,
-                  train: bool, image_dir: str | None = None, split_by: str | None = None, seed: int = 0) -> RefDataset:
+                  train: bool, image_dir: str | None = None, split_by: str | None = None, seed: int = 0,
+                  normalization: Norm | None = None) -> RefDataset:
     """One split of ``name`` under ``root`` as a :class:`RefDataset`.
 
     name: refcoco, refcoco+, refcocog, synref, synref_long. split_by defaults to unc
     (refcocog: umd); image_dir to <root>/images/train2014 (COCO names) or
-    <root>/images/<name>. t_max None: 15, or 20 for refcocog and synref_long.
+    <root>/images/<name> (:func:`refer.default_image_dir`). t_max None: 15, or 20 for refcocog
+    and synref_long. normalization: the model's (mean, std), ``transforms.normalization(config)``.
     Raises DatasetError naming the missing path / unknown split.
     """
     refer = load_refer(root, name, split_by, image_dir)
-    return RefDataset(refer, split, image_size, vocab, default_t_max(name) if t_max is None else t_max, train, seed=seed)
+    return RefDataset(refer, split, image_size, vocab, default_t_max(name) if t_max is None else t_max, train, seed=seed,
+                      normalization=normalization)

@@ -6,6 +6,10 @@ synthetic sets::
     <image_dir>/<file_name>             image_dir defaults to <root>/images/train2014 for
                                         the COCO names, <root>/images/<name> otherwise
 
+For the COCO names the refer toolkit's own tree, ``<root>/images/mscoco/images/train2014``,
+is found too when ``<root>/images/train2014`` is absent: ``--data-root refer/data`` works
+without ``--image-dir``.
+
 A ref is ``{ref_id, ann_id, image_id, split, category_id, sentences: [{sent_id, sent,
 raw, tokens}]}``. Masks come from the annotation's ``segmentation``: polygons (several
 parts are merged into one mask), compressed RLE (``counts`` a string) or uncompressed
@@ -55,10 +59,19 @@ def is_synthetic(name: str) -> bool:
     return name in SYNTHETIC_NAMES or name.startswith("synref")
 
 
+COCO_IMAGE_DIRS = (("images", "train2014"), ("images", "mscoco", "images", "train2014"))
+
+
 def default_image_dir(root: str, name: str) -> str:
-    """``<root>/images/train2014`` for the COCO names, ``<root>/images/<name>`` otherwise."""
+    """For the COCO names the first of ``<root>/images/train2014`` and the refer toolkit's
+    ``<root>/images/mscoco/images/train2014`` that exists (the former when neither does, so
+    the error names it); ``<root>/images/<name>`` otherwise."""
     if name in COCO_NAMES:
-        return os.path.join(root, "images", "train2014")
+        for parts in COCO_IMAGE_DIRS:
+            path = os.path.join(root, *parts)
+            if os.path.isdir(path):
+                return path
+        return os.path.join(root, *COCO_IMAGE_DIRS[0])
     return os.path.join(root, "images", name)
 
 

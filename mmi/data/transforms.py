@@ -135,24 +135,40 @@ def letterbox_mask(mask: np.ndarray, lb: Letterbox) -> np.ndarray:
     return out
 
 
-_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-_MEAN_255 = (np.array(IMAGENET_MEAN, np.float32) * 255).reshape(3, 1, 1)
-_INV_STD_255 = (1.0 / (np.array(IMAGENET_STD, np.float32) * 255)).reshape(3, 1, 1)
+UNIT_MEAN = (0.0, 0.0, 0.0)
+UNIT_STD = (1.0, 1.0, 1.0)
+NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "unit": (UNIT_MEAN, UNIT_STD)}
+
+Norm = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 
-def to_tensor(canvas: np.ndarray) -> torch.Tensor:
-    """(S, S, 3) uint8 RGB -> (3, S, S) float32, ImageNet mean/std normalised.
+def normalization(config: dict | None) -> Norm:
+    """(mean, std) of the model's input scaling, from its ``config["input_norm"]``:
+    ``"imagenet"`` (ImageNet mean/std: Swin, MobileNetV2) or ``"unit"`` (RGB/255 with no
+    mean or std: Darknet weights). A config without the key (a checkpoint written before
+    it existed) or ``None`` means ImageNet. Training, evaluation and the predictor all
+    read it here."""
+    name = (config or {}).get("input_norm", "imagenet")
+    if name not in NORMS:
+        raise ValueError(f"unknown input_norm {name!r} in the model config: use one of {sorted(NORMS)}")
+    return NORMS[name]
+
+
+def to_tensor(canvas: np.ndarray, norm: Norm | None = None) -> torch.Tensor:
+    """(S, S, 3) uint8 RGB -> (3, S, S) float32, (RGB/255 - mean) / std with ``norm`` =
+    (mean, std) (default ImageNet; :func:`normalization` gives a model's).
 
     Done in numpy on a channel-first copy: ~30x faster than the same in torch on a
     non-contiguous permuted view."""
+    mean, std = norm or (IMAGENET_MEAN, IMAGENET_STD)
     x = canvas.transpose(2, 0, 1).astype(np.float32)
-    x -= _MEAN_255
-    x *= _INV_STD_255
+    x -= (np.array(mean, np.float32) * 255).reshape(3, 1, 1)
+    x *= (1.0 / (np.array(std, np.float32) * 255)).reshape(3, 1, 1)
     return torch.from_numpy(x)
 
 
-def to_image(x: torch.Tensor) -> np.ndarray:
-    """Inverse of :func:`to_tensor`: (3, S, S) normalised -> (S, S, 3) uint8 RGB."""
-    x = x.detach().cpu().float() * _STD + _MEAN
+def to_image(x: torch.Tensor, norm: Norm | None = None) -> np.ndarray:
+    """Inverse of :func:`to_tensor`: (3, S, S) normalised with ``norm`` -> (S, S, 3) uint8 RGB."""
+    mean, std = norm or (IMAGENET_MEAN, IMAGENET_STD)
+    x = x.detach().cpu().float() * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
     return (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()

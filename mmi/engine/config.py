@@ -188,6 +188,8 @@ def validate(cfg: dict) -> None:
 
     m, d, o, t = cfg["model"], cfg["data"], cfg["optim"], cfg["train"]
     _require(m["preset"] in PRESETS, "model.preset", f"unknown model preset {m['preset']!r}; choose one of {sorted(PRESETS)}")
+    _require(m["overrides"].get("backbone_weights", "") is not None, "model.overrides.backbone_weights",
+             "null is not accepted in a run config: say \"random\" to train the backbone from scratch, or name a file")
     try:
         resolve_config(m["preset"], 2, **model_overrides(cfg))  # raises on an unknown setting
     except ValueError as e:
@@ -237,8 +239,9 @@ def model_overrides(cfg: dict) -> dict:
     return over
 
 
-def check_paths(cfg: dict, splits: Sequence[str] | None = None) -> None:
-    """Files the run needs exist (data root, dataset folder, annotations, refs, images, GloVe).
+def check_paths(cfg: dict, splits: Sequence[str] | None = None, resume: bool = False) -> None:
+    """Files the run needs exist (data root, dataset folder, annotations, refs, images, GloVe,
+    and the backbone weights unless ``resume``: a resumed run takes them from its checkpoint).
 
     Raises ConfigError naming the first missing path and the config key that points at it.
     """
@@ -262,6 +265,27 @@ def check_paths(cfg: dict, splits: Sequence[str] | None = None) -> None:
         if not ok:
             what = "folder" if is_dir else "file"
             raise ConfigError(f"config key '{key}': {what} not found: {path}")
+    if not resume:
+        check_backbone_weights(cfg)
+
+
+def check_backbone_weights(cfg: dict) -> None:
+    """The backbone weights file of the model (its preset's, or ``model.overrides.backbone_weights``)
+    exists; else a ConfigError naming the key, the file, where such weights come from, and
+    how to train from random initialisation instead."""
+    from ..backbones import WEIGHTS_HELP
+    from ..model import resolve_config
+
+    mc = resolve_config(cfg["model"]["preset"], 2, **model_overrides(cfg))
+    weights = mc["backbone_weights"]
+    if weights in (None, "random", "default") or os.path.isfile(weights):
+        return
+    key = ("model.overrides.backbone_weights" if "backbone_weights" in cfg["model"]["overrides"]
+           else f"model.preset ({cfg['model']['preset']}'s backbone_weights)")
+    raise ConfigError(f"config key '{key}': {mc['backbone']} weights file not found: {weights}. Where such weights "
+                      f"come from: {WEIGHTS_HELP[mc['backbone']]}. Put the file there, or pass its path with --set "
+                      f"model.overrides.backbone_weights=PATH (--set model.overrides.backbone_weights=random trains "
+                      f"the backbone from scratch, which the paper does not)")
 
 
 def save_config(cfg: dict, path: str) -> None:

@@ -10,6 +10,7 @@ the records are gathered and de-duplicated by dataset index, so every expression
 Results JSON (``write_results``)::
 
     {"checkpoint", "dataset", "split", "split_by", "threshold", "image_size", "count",
+     "backbone_weights": what the backbone started from ("random" or {file, sha256, ...}),
      "missing": expressions not evaluated (unreadable images), "totals": {count, oIoU, mIoU, Prec@X},
      "by_type": {type: totals} (when the dataset gives expression types), "definitions": {...},
      "records": [{index, ref_id, sent_id, ann_id, image_id, file_name, expression, type, iou,
@@ -162,7 +163,7 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
     """``train.py --eval-only``: load a checkpoint (training or inference), evaluate one split,
     print the table, write the results JSON (default ``<checkpoint dir>/eval_<dataset>_<split>.json``,
     ``..._<language>.json`` for a language probe: ``RefDataset.set_language``)."""
-    from ..data import build_dataset
+    from ..data import build_dataset, normalization
     from .checkpoint import load_inference
     from .distributed import cleanup, init_distributed
 
@@ -173,7 +174,7 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
         model, vocab, meta = load_inference(checkpoint)
         model.to(info.device)
         ds = build_dataset(dataset, data_root, split, model.image_size, vocab, model.t_max, train=False,
-                           image_dir=image_dir, split_by=split_by)
+                           image_dir=image_dir, split_by=split_by, normalization=normalization(model.config))
         ds.set_language(language)
         result = evaluate(model, ds, info.device, threshold=threshold, batch_size=batch_size, workers=workers,
                           amp=amp, records=True, max_items=max_items, dist_info=info, progress=True)
@@ -183,6 +184,8 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
             header = {"checkpoint": os.path.abspath(checkpoint), "dataset": dataset, "split": split,
                       "split_by": ds.refer.split_by, "threshold": threshold, "image_size": model.image_size,
                       "t_max": model.t_max, "checkpoint_meta": meta,
+                      "backbone_weights": meta.get("backbone_weights", "not recorded"),
+                      "input_norm": model.config.get("input_norm", "imagenet"),
                       "language": language, "language_unmatched": ds.unmatched}
             write_results(out, result, header)
             print(results_table(f"{dataset}/{split}" + (f" ({language} expressions)" if probe else ""), result))

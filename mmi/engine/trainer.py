@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..data import build_dataset, collate
+from ..data import build_dataset, collate, normalization
 from ..model import build_model, build_model_from_config, resolve_config
 from ..text import Vocabulary, word_vectors
 from .checkpoint import CheckpointError, get_rng_state, load_training, save_training, set_rng_state
@@ -98,7 +98,7 @@ class Trainer:
 
     def __init__(self, cfg: dict, resume: str | None = None, progress: bool = True):
         self.cfg, self.progress = cfg, progress
-        check_paths(cfg)  # fail before any work, naming the missing path
+        check_paths(cfg, resume=bool(resume))  # fail before any work, naming the missing path
         t, d = cfg["train"], cfg["data"]
         self.vectors = "from checkpoint"
         self.info: DistInfo = init_distributed(t["device"])
@@ -154,7 +154,8 @@ class Trainer:
             self.logger.log("event", self.state.epoch, self.state.step,
                             message="resume" if ckpt else "start", world_size=self.info.world_size,
                             device=str(self.device), vocab=len(self.vocab), word_vectors=self.vectors,
-                            train_items=len(self.train_ds), iters_per_epoch=self.iters_per_epoch, amp=self.amp)
+                            backbone_weights=self.backbone_weights, amp=self.amp,
+                            train_items=len(self.train_ds), iters_per_epoch=self.iters_per_epoch)
 
     # ------------------------------------------------------------------ set-up
 
@@ -162,7 +163,7 @@ class Trainer:
         """Train (and val) datasets at the model's S and T; the vocabulary from the training
         expressions (fresh run) or the checkpoint (resume)."""
         t, d = self.cfg["train"], self.cfg["data"]
-        common = dict(image_dir=d["image_dir"], split_by=d["split_by"])
+        common = dict(image_dir=d["image_dir"], split_by=d["split_by"], normalization=normalization(mc))
         self.train_ds = build_dataset(d["dataset"], d["root"], d["train_split"], mc["image_size"], None, mc["t_max"],
                                       train=True, seed=int(t["seed"]), **common)
         self.val_ds = None
@@ -182,8 +183,10 @@ class Trainer:
             model = build_model_from_config(ckpt["config"])
             model.load_state_dict(ckpt["model"])
             self.vectors = ckpt.get("meta", {}).get("word_vectors", "from checkpoint")
+            self.backbone_weights = ckpt.get("meta", {}).get("backbone_weights", "not recorded")
         else:
             model = build_model(self.cfg["model"]["preset"], len(self.vocab), **over)
+            self.backbone_weights = model.backbone_weights_record  # "random" or {file, sha256, ...}
             wv = self.cfg["word_vectors"]
             table, self.vectors = word_vectors(self.vocab, dim=model.config["word_dim"],
                                                glove=wv["glove"] if wv["source"] == "glove" else None,
@@ -218,6 +221,7 @@ class Trainer:
         d = self.cfg["data"]
         return {"dataset": d["dataset"], "split_by": self.train_ds.refer.split_by, "epoch": self.state.epoch,
                 "step": self.state.step, "val": self.state.last_val, "word_vectors": self.vectors,
+                "backbone_weights": self.backbone_weights,
                 "output": self.out}
 
     def save(self, name: str) -> str:

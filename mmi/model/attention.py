@@ -12,10 +12,22 @@ two into the pixel stream is a reconstruction (the paper's equations were lost):
   (with its VAL weights) and its VAL vector; both enter through one linear layer, so no
   weight is tied to a word position.
 
-``GenericAttention`` is the paper's baseline: ordinary cross-attention in which pixels
-query words; its output is a re-weighted language feature added to the pixel stream. It
-has no VAL path. Its ``lav`` map, for drawing only, is the same score matrix normalised
-over pixels.
+``GenericAttention`` (``attention="generic_lav"``) is the paper's baseline [paper]: the
+generic attention "highlights the most relevant image region for each word", so words
+query pixels, the softmax runs over pixels and the output is LAV alone (one vision vector
+per word, a single-modal feature). [reconstruction] It reaches the pixel stream through
+the same fusion as ``MutualAttention``, with each pixel's own feature X W_l in place of
+VAL (product: F_m = (X W_l) . LAV^T / sqrt(C)), so that the ablation "+ mutual attention"
+differs by VAL alone. It has the same parameters as ``MutualAttention`` (W_l reads pixels
+instead of words) and no VAL map.
+
+``PixelQueryAttention`` (``attention="pixel_query"``) is the decoder's earlier baseline,
+kept for old checkpoints and configs: ordinary cross-attention in which pixels query
+words and the attended words are added to the pixel stream. That output is one language
+vector per pixel, i.e. a VAL path, so it is *not* the paper's generic attention. Its
+``lav`` map, for drawing only, is the same score matrix normalised over pixels. Stored
+configs that say ``attention="generic"`` (written before the rename) mean this layer
+(``presets.LEGACY_ATTENTION``).
 """
 from __future__ import annotations
 
@@ -119,8 +131,9 @@ class MutualAttention(nn.Module):
         return self.ffn(x), {"lav": lav_w, "val": val_w}
 
 
-class GenericAttention(nn.Module):
-    """The baseline: pixels query words (softmax over words), values are words."""
+class PixelQueryAttention(nn.Module):
+    """Pixels query words (softmax over words), values are words [reconstruction; not the
+    paper's baseline: its output is a VAL-like language vector per pixel]."""
 
     def __init__(self, dim: int, heads: int, t_max: int, fusion: str = "product", dropout: float = 0.1, ffn_dim: int | None = None,
                  gate: bool = False):
@@ -156,4 +169,43 @@ class GenericAttention(nn.Module):
         return self.ffn(x), {"lav": lav_w}
 
 
-ATTENTION = {"mutual": MutualAttention, "generic": GenericAttention}
+class GenericAttention(MutualAttention):
+    """The paper's generic attention [paper]: words query pixels, softmax over pixels,
+    output LAV (B, T, C) alone; fused into the pixel stream like M3Att with the pixel's
+    own feature X W_l in place of VAL [reconstruction] (module docstring).
+
+    Arguments as :class:`MutualAttention`. ``gate`` (the multiplicative VAL fusion,
+    ``word_gate``) is refused: this layer has no VAL for it to gate.
+    """
+
+    def __init__(self, dim: int, heads: int, t_max: int, fusion: str = "product", dropout: float = 0.1, ffn_dim: int | None = None,
+                 gate: bool = False):
+        if gate:
+            raise ValueError("word_gate fuses each pixel's VAL into the pixel stream; attention='generic_lav' has no VAL "
+                             "(it is the paper's LAV-only baseline): set word_gate=false")
+        super().__init__(dim, heads, t_max, fusion=fusion, dropout=dropout, ffn_dim=ffn_dim, gate=False)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, lang: torch.Tensor, word_mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Shapes as ``MutualAttention.forward``; the dict holds only ``lav`` (B, h, T, HW)."""
+        B, T, C = lang.shape
+        if T != self.t_max and self.fusion == "product":
+            raise ValueError(f"expected {self.t_max} word slots, got {T}")
+        d = C // self.heads
+        q, k = self._split(self.q(lang)), self._split(self.k(x + pos))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, h, T, HW)
+        real = word_mask[:, None, :].to(scores.dtype)  # (B, 1, T)
+        lav_w = torch.softmax(scores, dim=-1) * real[..., None]  # over HW; padded rows 0
+        lav = self._merge(lav_w @ self._split(self.v(x)))  # (B, T, C)
+        own = self.l(x)  # (B, HW, C): the pixel's own feature where M3Att has VAL
+        if self.fusion == "product":
+            fm = own @ lav.transpose(1, 2) / math.sqrt(C)  # (B, HW, T)
+            out = self.fuse(fm * real)
+        else:
+            # no VAL weights to read LAV with: every pixel reads the mean LAV of the real words
+            read = (lav * real.transpose(1, 2)).sum(1, keepdim=True) / real.sum(-1, keepdim=True).clamp(min=1)
+            out = self.fuse(torch.cat([read.expand(-1, x.shape[1], -1), own], dim=-1))
+        x = self.norm(x + self.drop(out))
+        return self.ffn(x), {"lav": lav_w}
+
+
+ATTENTION = {"mutual": MutualAttention, "generic_lav": GenericAttention, "pixel_query": PixelQueryAttention}

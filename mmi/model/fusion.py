@@ -8,7 +8,8 @@ sentence feature; LAVT multiplies them by a per-pixel language feature), which t
 match into a bilinear form the network gets for free. Two such blocks, both residual:
 
 - ``PixelLanguageGate``: x + W_o(relu(W_x x) * W_l l_p) for a per-pixel language
-  feature l_p (the VAL output in M3Att, the attended words in generic attention);
+  feature l_p (the VAL output in M3Att, the attended words in ``pixel_query`` attention; the paper's
+  ``generic_lav`` has no VAL and refuses it);
 - ``SentenceFusion``: the same with the sentence feature f_s broadcast over pixels, applied
   to the encoder output before the decoder.
 """

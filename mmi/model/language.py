@@ -6,6 +6,18 @@ import torch.nn as nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
+class LanguageFeatures(tuple):
+    """``(F_t (B, T, C), f_s (B, C))``, unpacked as a pair, with ``.clean``: F_t before the
+    output dropout (what the LFR target is built from [paper presets], lfr.py)."""
+
+    clean: torch.Tensor
+
+    def __new__(cls, words: torch.Tensor, sentence: torch.Tensor, clean: torch.Tensor) -> "LanguageFeatures":
+        out = super().__new__(cls, (words, sentence))
+        out.clean = clean
+        return out
+
+
 class LanguageEncoder(nn.Module):
     """Word ids to per-word features F_t and a sentence feature f_s.
 
@@ -26,12 +38,13 @@ class LanguageEncoder(nn.Module):
         self.norm_words = nn.LayerNorm(dim) if norm else None
         self.norm_sentence = nn.LayerNorm(dim) if norm else None
 
-    def forward(self, words: torch.Tensor, word_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, words: torch.Tensor, word_mask: torch.Tensor) -> LanguageFeatures:
         """words: (B, T) long; word_mask: (B, T) bool, True for real words.
 
         Returns F_t (B, T, C), zero at padded words, and f_s (B, C): the final forward
         state and the final backward state (the state after reading the first word).
-        A sentence with no words gives zeros.
+        A sentence with no words gives zeros. The result also carries ``.clean``, F_t
+        before the output dropout (:class:`LanguageFeatures`).
         """
         B, T = words.shape
         x = self.drop(self.embed(words))
@@ -44,4 +57,4 @@ class LanguageEncoder(nn.Module):
             out, sent = self.norm_words(out), self.norm_sentence(sent)
         feats = out * word_mask.unsqueeze(-1).to(out.dtype)
         sent = sent * (lengths > 0).to(out.dtype)[:, None]
-        return self.drop(feats), sent
+        return LanguageFeatures(self.drop(feats), sent, feats)

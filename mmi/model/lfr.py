@@ -7,6 +7,11 @@ multi-modal features through a learnable projection, mean-pooled over pixels.
 Distance: mean squared error. The gradient is stopped on the target side so the pair
 cannot collapse to a constant; with the target side stopped a learnable W_p would never
 be trained, so W_p is a fixed random projection kept in the state dict as a buffer.
+
+Which F_t the target reads (``lfr_target``): ``"clean"`` (the paper presets), the
+LSTM's word features before the output dropout [reconstruction, METHOD.md: a target
+that dropout does not perturb]; ``"dropout"``, the dropped-out F_t the decoder reads
+(the earlier form; stored configs without the key rebuild it, ``presets.LEGACY``).
 """
 from __future__ import annotations
 
@@ -17,9 +22,18 @@ import torch.nn.functional as F
 from .position import sine_1d
 
 
+LFR_TARGETS = ("clean", "dropout")
+
+
 class LanguageReconstruction(nn.Module):
-    def __init__(self, dim: int, t_max: int, seed: int = 0):
+    """The LFR loss. Arguments: dim C, t_max T, seed of the fixed W_p, target (``lfr_target``:
+    "clean" | "dropout", module docstring), read by the caller through ``clean_target``."""
+
+    def __init__(self, dim: int, t_max: int, seed: int = 0, target: str = "clean"):
         super().__init__()
+        if target not in LFR_TARGETS:
+            raise ValueError(f"unknown lfr_target {target!r}: use one of {list(LFR_TARGETS)}")
+        self.clean_target = target == "clean"
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("w_target", torch.randn(dim, dim, generator=g) / dim**0.5)
         self.register_buffer("pe", sine_1d(t_max + 1, dim))

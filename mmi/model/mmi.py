@@ -148,7 +148,7 @@ class MMI(nn.Module):
             out["loss_aux"] = aux / len(layers)
             loss = loss + self.aux_weight * out["loss_aux"]
         if self.lfr is not None:
-            out["loss_lfr"] = self.lfr(x, lang[0], lang[1], word_mask)
+            out["loss_lfr"] = self.lfr(x, lang.clean if self.lfr.clean_target else lang[0], lang[1], word_mask)
             loss = loss + self.lfr_weight * out["loss_lfr"]
         out["loss"] = loss
         return out
