@@ -183,6 +183,17 @@ def read_request(predictor: Predictor, image: Any, text: Any) -> tuple[np.ndarra
     return rgb, exprs, notes
 
 
+def view_size(h: int, w: int, max_side: int = OVERLAY_SIDE, min_side: int = 560) -> tuple[int, int]:
+    """Display size of an image: the longer side at most ``max_side``; small images (the
+    synthetic world's 320 px scenes) doubled or more, so outlines and numbers stay legible."""
+    from mmi.predictor import display_size
+
+    if max(h, w) >= min_side:
+        return display_size(h, w, max_side)
+    k = min(4, -(-min_side // max(h, w)))
+    return h * k, w * k
+
+
 def label_for(i: int, expr: str, limit: int = 60) -> str:
     return f"{i}. {expr if len(expr) <= limit else expr[: limit - 3] + '...'}"
 

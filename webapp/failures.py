@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from mmi import viz
-from mmi.predictor import display_size, load_image
+from mmi.predictor import load_image
 
-from .common import OVERLAY_SIDE, SHIPPED_RESULTS, Context, esc, friendly, log, parse_layer
+from .common import SHIPPED_RESULTS, Context, esc, friendly, log, parse_layer, view_size
 from .segment import heatmaps_html
 
 FAIL_HEADERS = ["rank", "IoU", "type", "expression"]
@@ -203,7 +203,7 @@ def failure_view(ctx: Context, records: list[dict], header: dict, choice: Any, d
     pred = decode_segmentation(rec["rle"], *rgb.shape[:2]).astype(bool) if rec.get("rle") else None
     thr = float((header or {}).get("threshold", 0.5))
     now = ctx.predictor.predict(rgb, [rec["expression"]], thr)
-    hw = display_size(*rgb.shape[:2], OVERLAY_SIDE)
+    hw = view_size(*rgb.shape[:2])
     base = viz.resize_image(rgb, hw)
     pred_mask = pred if pred is not None else now[0].mask
     compare = viz.truth_and_prediction(base, viz.resize_mask(gt, hw) if gt is not None else None,
@@ -229,7 +229,7 @@ def build(ctx: Context) -> None:
                 "validation results open by default; upload another results file to explore it.")
     with gr.Row():
         upload = gr.File(label="Results JSON (upload)", file_types=[".json"], type="filepath", elem_id="fail-upload",
-                         scale=2)
+                         scale=2, height=110)
         shipped = gr.Button("Open the shipped model's validation results", elem_id="fail-shipped", scale=1)
     with gr.Accordion("Images from a data folder on the server (optional)", open=False):
         root = gr.Textbox(value=ctx.data_root or "", label="Data / image root (synthetic results need none)")

@@ -17,6 +17,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+import cv2
 import gradio as gr
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from mmi.data.synthetic import describe_scene, render, sample_scene
 from mmi.data.synthetic.parse import check, describe, shortest_expressions
 from mmi.data.synthetic.scene import HELD_OUT
 
-from .common import Context, esc, friendly, keep_on_error, swatch
+from .common import Context, esc, friendly, keep_on_error, swatch, view_size
 
 DENSITIES = {"any (3-9 objects)": ("val", (3, 9)), "sparse (3-5)": ("testB", (3, 5)), "crowded (7-9)": ("testA", (7, 9))}
 VERDICT_HEADERS = ["#", "expression", "verdict", "IoU"]
@@ -82,11 +83,28 @@ def suggested(scene, seed: int, n: int = 4) -> list[str]:
     return out
 
 
-def numbered(image: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """The scene with each object's number (z + 1) at its centre (for the verdicts)."""
+def big(image: np.ndarray, masks: np.ndarray | None = None):
+    """The scene (and masks) at display size (small scenes enlarged, see view_size)."""
+    hw = view_size(*image.shape[:2])
+    if masks is None:
+        return viz.resize_image(image, hw)
+    return viz.resize_image(image, hw), np.stack([viz.resize_mask(m, hw) for m in masks]) if len(masks) else masks
+
+
+def numbered(scene, image: np.ndarray) -> np.ndarray:
+    """The (display-size) scene with each object's number (z + 1) at the top left of its box,
+    white on black, for the verdicts ("names object 3")."""
     out = image.copy()
-    for z in range(len(masks)):
-        viz._label(out, masks[z], str(z + 1), (245, 245, 245), 0.45)
+    k = image.shape[1] / scene.width
+    scale = max(0.45, image.shape[1] / 1300)
+    th = max(1, int(round(scale * 2)))
+    for o in scene.objects:
+        text = f"#{o.z + 1}"
+        (tw, tht), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, th)
+        x0 = int(np.clip(o.box[0] * k - 4, 0, out.shape[1] - tw - 4))
+        y0 = int(np.clip(o.box[1] * k - 4, 0, out.shape[0] - tht - base - 4))
+        cv2.rectangle(out, (x0, y0), (x0 + tw + 4, y0 + tht + base + 4), (0, 0, 0), -1)
+        cv2.putText(out, text, (x0 + 2, y0 + tht + 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), th, cv2.LINE_AA)
     return out
 
 
@@ -97,7 +115,7 @@ def new_scene(seed: Any, density: Any, count: Any, unseen: Any) -> tuple:
     about = (f"Scene of seed {int(seed)}: {len(scene.objects)} objects, {scene.width}x{scene.height} px"
              + (f"; colour-shape pairs never seen in training: {', '.join(held)}" if held else "")
              + ". Click an object to see how the generator would name it.")
-    return image, numbered(image, masks), "\n".join(suggested(scene, int(seed))), about
+    return big(image), numbered(scene, big(image)), "\n".join(suggested(scene, int(seed))), about
 
 
 def check_scene(ctx: Context, seed: Any, density: Any, count: Any, unseen: Any, text: Any, threshold: Any) -> tuple:
@@ -124,11 +142,13 @@ def check_scene(ctx: Context, seed: Any, density: Any, count: Any, unseen: Any, 
             union = np.count_nonzero(gt | p.mask)
             iou = round(float(np.count_nonzero(gt & p.mask) / union) if union else 0.0, 3)
         rows.append([i, line, v.message, iou])
-    truth = viz.draw_masks(numbered(image, masks), truth_masks, truth_colors, fill=0.2, labels=truth_labels,
-                           dashed=truth_dash)
+    shown = big(image)
+    hw = shown.shape[:2]
+    truth = viz.draw_masks(numbered(scene, shown), [viz.resize_mask(m, hw) for m in truth_masks], truth_colors,
+                           fill=0.2, labels=truth_labels, dashed=truth_dash)
     order = [i for i, l in enumerate(lines, 1) if l in preds]
-    pred_img = viz.draw_masks(image, [preds[lines[i - 1]].mask for i in order], [viz.color(i - 1) for i in order],
-                              fill=0.25, labels=[str(i) for i in order])
+    pred_img = viz.draw_masks(shown, [viz.resize_mask(preds[lines[i - 1]].mask, hw) for i in order],
+                              [viz.color(i - 1) for i in order], fill=0.25, labels=[str(i) for i in order])
     kinds = [r[2] for r in rows]
     unique = [r for r in rows if r[3] != ""]
     summary = (f"{len(lines)} expression(s): {sum(k.startswith('names object') for k in kinds)} name one object, "
@@ -144,7 +164,8 @@ def check_scene(ctx: Context, seed: Any, density: Any, count: Any, unseen: Any, 
 
 
 def object_at(seed: Any, density: Any, count: Any, unseen: Any, x: Any, y: Any) -> str:
-    """Markdown: the object at pixel (x, y) and the shortest expression of each type."""
+    """Markdown: the object at pixel (x, y) of the scene (its own size, not the enlarged
+    view) and the shortest expression of each type."""
     scene, image, masks = lab_scene(seed, density, count, unseen)
     x, y = int(x), int(y)
     if not (0 <= x < scene.width and 0 <= y < scene.height):
@@ -202,7 +223,9 @@ def build(ctx: Context) -> None:
 
     def on_select(s, d, c, u, evt: gr.SelectData):
         x, y = evt.index if isinstance(evt.index, (list, tuple)) else (0, 0)
-        return object_at(s, d, c, u, x, y)
+        scene, image, _ = lab_scene(s, d, c, u)
+        k = view_size(*image.shape[:2])[1] / scene.width  # the scene is shown enlarged
+        return object_at(s, d, c, u, float(x) / k, float(y) / k)
 
     scene_img.select(keep_on_error("finding the object", 1, 0)(on_select), settings, clicked, api_visibility="private")
     hidden_x, hidden_y = gr.Number(visible=False), gr.Number(visible=False)

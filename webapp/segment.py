@@ -26,8 +26,8 @@ import pandas as pd
 from mmi import viz
 from mmi.predictor import Prediction, ablation_ious, display_size
 
-from .common import (FUNCTION_WORDS, HEAT_SIDE, OVERLAY_SIDE, Context, Result, esc, friendly, image_file,
-                     keep_on_error, label_for, parse_layer, read_examples, read_request, swatch)
+from .common import (FUNCTION_WORDS, HEAT_SIDE, Context, Result, esc, friendly, image_file,
+                     keep_on_error, label_for, parse_layer, read_examples, read_request, swatch, view_size)
 
 TABLE_HEADERS = ["#", "expression", "as read", "flag", "conf.", "area %", "regions"]
 API_SNIPPET = '''from gradio_client import Client, handle_file
@@ -186,7 +186,7 @@ def views(ctx: Context, key: str, res: Result, threshold: float, layer_choice: A
     layer = parse_layer(layer_choice, predictor.num_layers)
     preds = [predictor.rethreshold(p, threshold) for p in res.preds]
     visible = set(range(1, len(preds) + 1)) if shown is None else {int(s) for s in shown if str(s).isdigit()}
-    hw = display_size(*res.rgb.shape[:2], OVERLAY_SIDE)
+    hw = view_size(*res.rgb.shape[:2])
     base = viz.resize_image(res.rgb, hw)
     order = [i for i in range(1, len(preds) + 1) if i in visible]
     overlay = viz.draw_masks(base, [viz.resize_mask(preds[i - 1].mask, hw) for i in order],
@@ -260,7 +260,8 @@ def example_rows(ctx: Context) -> tuple[list[list[str]], list[str]]:
         lines = ctx.info.own_words(text.splitlines())
         if lines:
             rows.append([path, "\n".join(lines)])
-            labels.append(f"Example {len(rows)}: " + " / ".join(lines))
+            text = " / ".join(lines)
+            labels.append(f"{len(rows)}: " + (text if len(text) <= 52 else text[:50].rsplit(" ", 1)[0] + " …"))
     return rows, labels
 
 
