@@ -1,4 +1,5 @@
-"""Overlays and heatmaps for the demo and for reports, and the mask files for annotators.
+"""Overlays and heatmaps for the demo and for reports, and the mask files for annotators
+(PNG masks, a COCO file with RLE or polygons, the overlay).
 
 Images are (H, W, 3) uint8 RGB; masks (H, W) bool (or 0/1) arrays of the image's size;
 heatmaps (H, W) float. Heatmaps are coloured with the turbo map scaled to each map's own
@@ -114,55 +115,6 @@ def mask_png(mask: np.ndarray, path: str) -> None:
     """Write an (H, W) binary mask as an 8-bit PNG (0 and 255)."""
     if not cv2.imwrite(path, np.asarray(mask).astype(np.uint8) * 255):
         raise OSError(f"could not write mask PNG {path}")
-
-
-def word_heatmaps(rgb: np.ndarray, preds: Sequence["Prediction"], layer: int, side: int = 320,
-                  limit: int = 160) -> tuple[list[tuple[np.ndarray, str]], bool]:
-    """Gallery items: per expression and word, the LAV then the VAL map of decoder ``layer``
-    over the image (longer side ``side``), captioned ``"<i>. <word> · LAV: ..."`` (unknown
-    words as ``?word``); at most ``limit`` items. Returns (items, whether some were left out)."""
-    from .predictor import display_size
-
-    hw = display_size(*rgb.shape[:2], side)
-    small = resize_image(rgb, hw)
-    items: list[tuple[np.ndarray, str]] = []
-    for i, p in enumerate(preds, 1):
-        kinds = [k for k in ("lav", "val") if k in p.attention[layer]]
-        maps = {k: p.word_maps(layer, k, hw) for k in kinds}
-        for j, (tok, unk) in enumerate(zip(p.tokens, p.unknown)):
-            word = f"?{tok}" if unk else tok
-            for k in kinds:
-                what = "LAV: where it looks" if k == "lav" else "VAL: pixels reading it"
-                items.append((heatmap_overlay(small, maps[k][j]), f"{i}. {word} · {what}"))
-                if len(items) >= limit:
-                    return items, True
-    return items, False
-
-
-def write_mask_files(folder: str, preds: Sequence["Prediction"]) -> list[str]:
-    """For annotators: ``mask_XX_<slug>.png`` (0/255, original size) per expression,
-    ``masks_coco_rle.json`` (a list of {id, expression, tokens, confidence, area, regions,
-    threshold, segmentation: COCO RLE}) for all, and ``masks.zip`` of both.
-    Returns [zip path, json path]."""
-    from .predictor import rle_encode
-
-    pngs = []
-    for i, p in enumerate(preds, 1):
-        slug = re.sub(r"[^a-z0-9]+", "_", p.expression.lower())[:40].strip("_") or "expression"
-        path = os.path.join(folder, f"mask_{i:02d}_{slug}.png")
-        mask_png(p.mask, path)
-        pngs.append(path)
-    doc = [dict(id=i, expression=p.expression, tokens=p.token_text(), confidence=round(p.confidence, 4), area=p.area,
-                regions=p.regions, threshold=p.threshold, segmentation=rle_encode(p.mask))
-           for i, p in enumerate(preds, 1)]
-    rle_path = os.path.join(folder, "masks_coco_rle.json")
-    with open(rle_path, "w", encoding="utf8") as f:
-        json.dump(doc, f, indent=1)
-    zip_path = os.path.join(folder, "masks.zip")
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as z:
-        for path in pngs + [rle_path]:
-            z.write(path, os.path.basename(path))
-    return [zip_path, rle_path]
 
 
 # ----------------------------------------------------------------------------- the app's views

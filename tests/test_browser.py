@@ -67,8 +67,15 @@ def open_page(browser, url, width=1280):
 
 
 def overlay_pixels(page) -> np.ndarray:
+    from urllib.parse import urljoin
+
     src = page.locator("#overlay img").get_attribute("src", timeout=T)
-    body = page.request.get(src).body()
+    if src.startswith("data:"):
+        import base64
+
+        body = base64.b64decode(src.split(",", 1)[1])
+    else:
+        body = page.request.get(urljoin(page.url, src)).body()
     return cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
 
 

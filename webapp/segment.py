@@ -16,6 +16,7 @@ without running the model. APIs: ``/segment`` (JSON), ``/word_importance`` (JSON
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import Any
 
@@ -230,8 +231,6 @@ def run(ctx: Context, image: Any, text: Any, threshold: float, layer_choice: Any
     preds = ctx.predictor.predict(rgb, exprs, thr)
     cached = ctx.predictor.encode_calls == calls
     ablation = ctx.predictor.word_ablation(rgb, exprs) if measure else None
-    import os
-
     name = os.path.basename(path) if isinstance(path, str) and path else "image.png"
     res = Result(rgb, preds, notes, ablation, file_name=name if "." in name else name + ".png")
     key = ctx.results.put(res)
