@@ -22,6 +22,11 @@ from mmi.predictor import Predictor  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def connect(url: str) -> Client:
+    """A client (its own session) with patient timeouts: the CI machine is small and shared."""
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 300})
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,7 +60,7 @@ def server(tiny_checkpoint):
     port = free_port()
     app.launch(demo, "127.0.0.1", port, block=False, quiet=True)
     url = f"http://127.0.0.1:{port}/"
-    yield url, Client(url, verbose=False), predictor, counter
+    yield url, connect(url), predictor, counter
     demo.close()
 
 
@@ -209,7 +214,7 @@ def test_the_coco_file_loads_in_pycocotools_and_matches_the_png_masks(server, fi
 
 def test_redraw_changes_threshold_layer_visibility_without_a_model_call(server, files):
     url, _, predictor, counter = server
-    client = Client(url, verbose=False)  # its own session: the kept result belongs to it
+    client = connect(url)  # its own session: the kept result belongs to it
     out = client.predict(handle_file(files["rgb"]), "the red cube\na blue ball", 0.5, "layer 2", 0.25, "RLE", True,
                          api_name="/segment_ui")
     calls, encodes = counter.calls, predictor.encode_calls
@@ -226,7 +231,7 @@ def test_redraw_changes_threshold_layer_visibility_without_a_model_call(server, 
 
 def test_errors_in_the_tab_keep_the_previous_result(server):
     url, _, _, _ = server
-    client = Client(url, verbose=False)
+    client = connect(url)
     out = client.predict(None, "the red cube", 0.5, "layer 2", 0.25, "RLE", True, api_name="/segment_ui")
     status = out[-1]
     assert "Could not finish segmenting" in status and "No image" in status and "previous result" in status
@@ -314,7 +319,7 @@ def test_failure_cases_from_an_uploaded_results_file(server, tmp_path, tiny_chec
     results = str(tmp_path / "eval.json")
     run_eval_only(tiny_checkpoint, "refcoco", "val", root, out=results, workers=0, device="cpu", batch_size=4)
     records = json.load(open(results))["records"]
-    session = Client(url, verbose=False)
+    session = connect(url)
     table, pick, types, summary = session.predict(handle_file(results), api_name="/failures")  # State stays on the server
     ious = [r[1] for r in table["data"]]
     assert len(ious) == len(records) and ious == sorted(ious) and "eval.json" in summary
