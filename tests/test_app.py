@@ -395,7 +395,7 @@ def test_failure_record_without_a_dataset_uses_the_json_ground_truth(tmp_path):
 
 # ----------------------------------------------------------------------------- what the model knows
 
-def test_the_page_says_what_the_model_knows(tiny_checkpoint):
+def test_the_page_says_what_the_model_knows(tiny_checkpoint, tmp_path):
     from webapp.common import ModelInfo
     from webapp.segment import example_rows
 
@@ -410,9 +410,15 @@ def test_the_page_says_what_the_model_knows(tiny_checkpoint):
     assert "knows the synthetic shapes world only" in synth and "--checkpoint" in synth and "oIoU 42.0" in synth
     from webapp.common import Context, Results, Workdir
 
-    ctx = Context(predictor, info, Workdir(), Results(), ["layer 1"])
-    for _, text in example_rows(ctx)[0]:  # examples keep only lines in the model's own words
-        assert all(not info.unknown(line) for line in text.splitlines())
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), scene())
+    (folder / "examples.json").write_text(json.dumps([
+        {"file_name": "a.png", "expressions": ["the red cube", "the purple cheetah", "a blue ball"]},
+        {"file_name": "a.png", "expressions": ["the cheetah"]}]))
+    ctx = Context(predictor, info, Workdir(), Results(), ["layer 1"], examples_dir=str(folder))
+    rows, labels = example_rows(ctx)  # examples keep only the lines in the model's own words
+    assert rows == [[str(folder / "a.png"), "the red cube\na blue ball"]] and labels == ["1: the red cube / a blue ball"]
 
 
 def test_main_reports_a_bad_checkpoint(tmp_path, capsys):

@@ -28,7 +28,13 @@ T = 90_000  # ms; the CI machine is small and shared
 
 
 @pytest.fixture(scope="module")
-def served(tiny_checkpoint):
+def served(tiny_checkpoint, tmp_path_factory):
+    examples = tmp_path_factory.mktemp("examples")  # in the tiny model's own words
+    img = np.full((90, 120, 3), 170, np.uint8)
+    img[10:40, 10:50] = (40, 40, 210)
+    cv2.imwrite(str(examples / "one.png"), img)
+    (examples / "examples.json").write_text(json.dumps(
+        [{"file_name": "one.png", "expressions": ["the red cube on the left", "a purple cheetah", "the blue ball"]}]))
     predictor = Predictor.from_checkpoint(tiny_checkpoint)
     calls = {"decode": 0}
     decode = predictor.model.decode
@@ -38,7 +44,7 @@ def served(tiny_checkpoint):
         return decode(*a, **k)
 
     predictor.model.decode = counting
-    demo = app.build_app(predictor)
+    demo = app.build_app(predictor, examples_dir=str(examples))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -150,9 +156,12 @@ def test_scene_lab_verdicts_and_object_listing(served, browser):
         k = int(np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2))
         img = page.locator("#lab-scene img")
         img.wait_for(timeout=T)
-        box = img.bounding_box()
-        img.click(position={"x": (xs[k] + 0.5) * box["width"] / scene.width,
-                            "y": (ys[k] + 0.5) * box["height"] / scene.height})
+        page.wait_for_function("document.querySelector('#lab-scene img').naturalWidth > 0", timeout=T)
+        nw, nh, cw, ch = img.evaluate("e => [e.naturalWidth, e.naturalHeight, e.clientWidth, e.clientHeight]")
+        r = min(cw / nw, ch / nh)  # object-fit: contain
+        ox, oy = (cw - nw * r) / 2, (ch - nh * r) / 2
+        kx = nw / scene.width  # the scene is shown enlarged
+        img.click(position={"x": ox + (xs[k] + 0.5) * kx * r, "y": oy + (ys[k] + 0.5) * kx * r})
         expect(page.locator("#lab-click")).to_contain_text("Object 1", timeout=T)
         expect(page.locator("#lab-click")).to_contain_text("Shortest expressions")
         page.screenshot(path=os.path.join(ARTIFACTS, "browser_lab.png"), full_page=True)
@@ -188,13 +197,14 @@ def test_failure_tab_opens_the_shipped_results_and_an_upload(served, browser, tm
 def test_an_example_runs_in_one_click_and_the_page_fits_420_px(served, browser):
     from playwright.sync_api import expect
 
-    rows = app.read_examples()
-    assert rows, "assets/examples/examples.json lists no readable examples"
-    first = rows[0][1].splitlines()[0]
+    first = "the red cube on the left"
     page = open_page(browser, served[0], width=420)
     try:
-        page.locator("#examples").get_by_text(f"1: {first}", exact=False).first.click(timeout=T)
+        # the label keeps only the lines in the model's own words, separated by " / "
+        page.locator("#examples").get_by_text("1: the red cube on the left / the blue ball", exact=False).first.click(
+            timeout=T)
         expect(page.locator("#legend")).to_contain_text(first, timeout=T)
+        expect(page.locator("#legend")).not_to_contain_text("cheetah")
         expect(page.locator("#status")).to_contain_text("model run in", timeout=T)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 421, f"the page is {width} px wide at a 420 px viewport"
