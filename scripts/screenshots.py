@@ -59,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             page.locator("#run").click()
             expect(page.locator("#status")).to_contain_text("5 expression(s)", timeout=t)
             page.wait_for_timeout(1000)
-            save(page, os.path.join(args.out, "segment.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 1250})
+            page.evaluate("window.scrollTo(0, 0)")
+            save(page, os.path.join(args.out, "segment.png"), full_page=True,
+                 clip={"x": 0, "y": 0, "width": 1280, "height": 1250})
             save(page.locator("#importance").locator(".."), os.path.join(args.out, "segment_evidence.png"))
             page.get_by_role("tab", name="Scene lab").click()
             expect(page.locator("#lab-about")).to_contain_text("Scene of seed", timeout=t)
@@ -76,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
             page.set_viewport_size({"width": 420, "height": 1000})
             page.get_by_role("tab", name="Segment").click()
             page.wait_for_timeout(1500)
-            save(page, os.path.join(args.out, "segment_420px.png"), clip={"x": 0, "y": 0, "width": 420, "height": 2400})
+            page.evaluate("window.scrollTo(0, 0)")
+            save(page, os.path.join(args.out, "segment_420px.png"), full_page=True,
+                 clip={"x": 0, "y": 0, "width": 420, "height": 2400})
             browser.close()
     finally:
         demo.close()
