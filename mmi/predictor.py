@@ -409,3 +409,75 @@ class Predictor:
                           tokens=list(enc.tokens), unknown=list(enc.unknown), dropped=list(enc.dropped),
                           confidence=confidence, area=int(np.count_nonzero(mask)), regions=regions,
                           attention=attention, _prob=prob if full else None)
+
+    # ------------------------------------------------------------------ additive: the app's re-rendering
+
+    def rethreshold(self, pred: Prediction, threshold: float) -> Prediction:
+        """``pred`` at another threshold, from its kept probabilities (no model call)."""
+        if not 0.0 < float(threshold) < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        if float(threshold) == pred.threshold:
+            return pred
+        enc = _Enc(pred.tokens, pred.unknown, pred.dropped)
+        return self._result(pred.expression, pred.canvas_prob, pred.letterbox, float(threshold), enc, pred.attention)
+
+    def word_ablation(self, image: Any, expressions: str | Sequence[str], max_batch: int = 64) -> list[dict]:
+        """Which words mattered: per expression, the probability map of the expression and
+        of each variant with one word removed, decoded together (batches of at most
+        ``max_batch`` rows) on the cached image features, without attention.
+
+        Returns per expression ``{"expression", "tokens", "full": (h, w) float16, "variants":
+        (T, h, w) float16}`` over the letterboxed image region of the canvas (padding cut);
+        an expression of one word has no variant (``(0, h, w)``). Compare the masks with
+        :func:`ablation_ious`."""
+        exprs = self.check_expressions(expressions)
+        rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)
+        _, _, encoded = self.vocab.encode_batch(exprs, self.t_max)
+        rows: list[list[int]] = []
+        spans = []
+        for enc in encoded:
+            ids = [int(v) for v, m in zip(enc.ids.tolist(), enc.mask.tolist()) if m]
+            start = len(rows)
+            rows.append(ids)
+            if len(ids) > 1:
+                rows.extend(ids[:j] + ids[j + 1 :] for j in range(len(ids)))
+            spans.append((start, len(rows)))
+        T = self.t_max
+        words = torch.zeros(len(rows), T, dtype=torch.long)
+        mask = torch.zeros(len(rows), T, dtype=torch.bool)
+        for r, ids in enumerate(rows):
+            words[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            mask[r, : len(ids)] = True
+        S = self.image_size
+        outs = []
+        with self._lock:
+            feats, lb = self.features(rgb)
+            with torch.inference_mode():
+                for a in range(0, len(rows), max_batch):
+                    out = self.model.decode(feats, words[a : a + max_batch].to(self.device),
+                                            mask[a : a + max_batch].to(self.device), return_attention=False)
+                    logits = F.interpolate(out["logits"].float(), size=(S, S), mode="bilinear", align_corners=False)
+                    prob = torch.sigmoid(logits)[:, 0, lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w]
+                    outs.append(prob.cpu().to(torch.float16).numpy())
+        probs = np.concatenate(outs)
+        return [{"expression": e, "tokens": list(enc.tokens), "full": probs[a], "variants": probs[a + 1 : b]}
+                for e, enc, (a, b) in zip(exprs, encoded, spans)]
+
+
+@dataclass
+class _Enc:
+    tokens: list
+    unknown: list
+    dropped: list
+
+
+def ablation_ious(item: dict, threshold: float = 0.5) -> list[float]:
+    """IoU between an expression's mask and the mask with each word removed (one per token;
+    1.0 when both are empty); [] for a one-word expression."""
+    full = item["full"] > threshold
+    out = []
+    for v in item["variants"]:
+        m = v > threshold
+        union = np.count_nonzero(full | m)
+        out.append(float(np.count_nonzero(full & m) / union) if union else 1.0)
+    return out

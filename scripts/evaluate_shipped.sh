@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Export the shipped checkpoint from a run (best.pt, else last.pt) and measure it: every synthetic
-# split and the language probes (empty / mismatched expressions) on val; tables in RUN/eval/summary.md.
+# split and the language probes (empty / mismatched expressions) on val; tables in RUN/eval/summary.md;
+# the app's shipped validation results in assets/results/synref_val_shipped.json.
 #   bash scripts/evaluate_shipped.sh [RUN_DIR=runs/demo_synref_fast] [DATA_ROOT=data]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +24,6 @@ for probe in empty mismatched; do
   $PY train.py --eval-only --checkpoint weights/mmi_demo.pt --dataset synref --split val \
       --data-root "$DATA" --language $probe --out "$OUT/synref_val_$probe.json"
 done
+# the failure-case tab's default: the first 500 val records with ground truth, regenerable without data/
+$PY scripts/ship_results.py "$OUT/synref_val.json" --data-root "$DATA" --out assets/results/synref_val_shipped.json
 $PY scripts/summarize_eval.py "$OUT"/synref_*.json | tee "$OUT/summary.md"

@@ -1,4 +1,5 @@
-"""The Gradio app on a real server (in-process, a free loopback port), called with gradio_client."""
+"""The Gradio app on a real server (in-process, a free loopback port, one per module), called
+with gradio_client: every endpoint, the exports loaded by pycocotools, bad input."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,6 @@ import zipfile
 import cv2
 import numpy as np
 import pytest
-import torch
 from pycocotools import mask as mask_utils
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -19,6 +19,12 @@ from gradio_client.exceptions import AppError  # noqa: E402
 import app  # noqa: E402
 from mmi.predictor import Predictor  # noqa: E402
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def connect(url: str) -> Client:
+    """A client (its own session) with patient timeouts: the CI machine is small and shared."""
+    return Client(url, verbose=False, httpx_kwargs={"timeout": 300})
 
 
 def free_port() -> int:
@@ -34,14 +40,27 @@ def scene(h: int = 60, w: int = 80) -> np.ndarray:
     return img
 
 
+class Counting:
+    """Counts the decoder calls of a model (a model call = a decode)."""
+
+    def __init__(self, model):
+        self.calls, self._decode = 0, model.decode
+        model.decode = self
+
+    def __call__(self, *a, **k):
+        self.calls += 1
+        return self._decode(*a, **k)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_checkpoint):
     predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    counter = Counting(predictor.model)
     demo = app.build_app(predictor)
     port = free_port()
     app.launch(demo, "127.0.0.1", port, block=False, quiet=True)
     url = f"http://127.0.0.1:{port}/"
-    yield url, Client(url, verbose=False), predictor
+    yield url, connect(url), predictor, counter
     demo.close()
 
 
@@ -67,8 +86,14 @@ def rle_mask(rle: dict) -> np.ndarray:
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
 
 
+def path_of(f) -> str:
+    return f if isinstance(f, str) else f["path"]
+
+
+# ----------------------------------------------------------------------------- /segment
+
 def test_segment_api_gives_a_mask_and_word_heatmaps_per_expression(server, files):
-    _, client, predictor = server
+    _, client, predictor, _ = server
     exprs = ["the red cube on the left", "a blue ball", "the big green thing at the top"]
     out = client.predict(handle_file(files["rgb"]), "\n".join(exprs), 0.5, api_name="/segment")
     assert (out["height"], out["width"]) == (60, 80)
@@ -85,35 +110,6 @@ def test_segment_api_gives_a_mask_and_word_heatmaps_per_expression(server, files
                 assert abs(np.array(w["lav"]).sum() - 1) < 1e-2  # softmax over pixels, heads averaged
 
 
-def test_segment_ui_outputs_overlay_gallery_table_and_downloads(server, files):
-    _, client, predictor = server
-    exprs = ["the red cube", "a zorblax ball" + " cube" * 30]
-    overlay, gallery, table, downloads, status = client.predict(
-        handle_file(files["rgb"]), "\n".join(exprs) + "\n\n", 0.5, "layer 1", api_name="/segment_ui")
-    labels = [a["label"] for a in overlay["value"]["annotations"]]  # an update carrying the colours
-    assert labels == ["1. the red cube", "2. " + exprs[1][:57] + "..."]
-    assert sorted(overlay["color_map"]) == sorted(labels) and len(set(overlay["color_map"].values())) == 2
-    n_words = 3 + predictor.t_max
-    captions = [g["caption"] for g in gallery]
-    assert len(captions) == 2 * n_words
-    assert captions[:2] == ["1. the · LAV: where it looks", "1. the · VAL: pixels reading it"]
-    assert any("?zorblax" in c for c in captions)
-    rows = table["data"]
-    assert [r[1] for r in rows] == exprs
-    assert "?zorblax" in rows[1][2] and "[cut" in rows[1][2]
-    assert "heatmaps of decoder layer 1" in status and "unknown word(s) zorblax" in status
-    zip_path = next(p for p in downloads if p.endswith(".zip"))
-    with zipfile.ZipFile(zip_path) as z:
-        names = sorted(z.namelist())
-        assert names == ["mask_01_the_red_cube.png", "mask_02_a_zorblax_ball_cube_cube_cube_cube_cube.png",
-                         "masks_coco_rle.json"]
-        doc = json.loads(z.read("masks_coco_rle.json"))
-        png = cv2.imdecode(np.frombuffer(z.read(names[0]), np.uint8), cv2.IMREAD_GRAYSCALE)
-    assert [d["expression"] for d in doc] == exprs
-    assert np.array_equal(png > 0, rle_mask(doc[0]["segmentation"]))
-    assert png.shape == (60, 80)
-
-
 @pytest.mark.parametrize("key, text, message", [
     (None, "the red cube", "No image"),
     ("rgb", "", "No expression"),
@@ -122,7 +118,7 @@ def test_segment_ui_outputs_overlay_gallery_table_and_downloads(server, files):
     ("text", "the red cube", "notes.txt is not an image"),
 ])
 def test_bad_input_gets_a_clear_message_and_the_server_keeps_serving(server, files, key, text, message):
-    _, client, _ = server
+    _, client, _, _ = server
     image = handle_file(files[key]) if key else None
     with pytest.raises(AppError) as err:
         client.predict(image, text, 0.5, api_name="/segment")
@@ -140,7 +136,7 @@ def test_bad_input_gets_a_clear_message_and_the_server_keeps_serving(server, fil
     ("rgb", " ".join(["red"] * 200), (60, 80)),
 ])
 def test_odd_images_and_expressions_get_results(server, files, key, text, size):
-    _, client, predictor = server
+    _, client, predictor, _ = server
     out = client.predict(handle_file(files[key]), text, 0.5, api_name="/segment")
     assert (out["height"], out["width"]) == size
     for e in out["expressions"]:
@@ -152,38 +148,233 @@ def test_odd_images_and_expressions_get_results(server, files, key, text, size):
         assert all(any(e["unknown"]) for e in out["expressions"])
 
 
-def test_failure_case_view_reads_the_evaluation_json(server, tmp_path, tiny_checkpoint):
+# ----------------------------------------------------------------------------- the Segment tab
+
+def test_segment_ui_gives_overlay_legend_words_heatmaps_and_exports(server, files):
+    _, client, predictor, _ = server
+    exprs = ["the red cube", "a zorblax ball" + " cube" * 30]
+    overlay, shown, legend, table, importance, heatmaps, downloads, status = client.predict(
+        handle_file(files["rgb"]), "\n".join(exprs) + "\n\n", 0.5, "layer 1", 0.25, "RLE", True,
+        api_name="/segment_ui")
+    assert cv2.imread(path_of(overlay)).shape[:2] == (60 * 4, 80 * 4)  # small images shown enlarged (at most 4x)
+    assert [c[1] for c in shown["choices"]] == ["1", "2"] and shown["value"] == ["1", "2"]
+    assert "the red cube" in legend and '<mark class="unk">?zorblax</mark>' in legend and "cut: " in legend
+    assert table["headers"] == ["#", "expression", "as read", "flag", "conf.", "area %", "regions"]
+    rows = table["data"]
+    assert [r[1] for r in rows] == exprs and "?zorblax" in rows[1][2] and "[cut" in rows[1][2]
+    assert "unknown: zorblax" in rows[1][3]
+    # heatmaps: one section per expression, content words shown, function words folded
+    assert heatmaps.count("<section") == 2 and "<details><summary>function words (the)" in heatmaps
+    assert 'data-word="red"' in heatmaps and "colour scale" in heatmaps
+    assert importance.count("data-word=") == 3 + predictor.t_max  # a bar per word
+    assert "heatmaps of decoder layer 1" in status and "unknown word(s) zorblax" in status
+    zip_path, coco_path, overlay_png = (path_of(f) for f in downloads)
+    assert os.path.basename(coco_path) == "coco_rle.json" and os.path.basename(overlay_png) == "overlay.png"
+    with zipfile.ZipFile(zip_path) as z:
+        names = sorted(z.namelist())
+        assert names == ["coco_rle.json", "mask_01_the_red_cube.png", "mask_02_a_zorblax_ball_cube_cube_cube_cube_cube.png",
+                         "overlay.png"]
+        pngs = [cv2.imdecode(np.frombuffer(z.read(n), np.uint8), cv2.IMREAD_GRAYSCALE) for n in names[1:3]]
+    assert all(p.shape == (60, 80) for p in pngs)
+
+
+def test_the_coco_file_loads_in_pycocotools_and_matches_the_png_masks(server, files, tmp_path):
+    from pycocotools.coco import COCO
+
+    _, client, _, _ = server
+    img = np.full((90, 120, 3), 120, np.uint8)
+    cv2.imwrite(str(tmp_path / "s.png"), img)
+    exprs = ["the red cube", "the big green thing at the top", "leftmost small circle"]
+    for fmt in ("RLE", "polygons"):
+        *_, downloads, _ = client.predict(handle_file(files["rgb"]), "\n".join(exprs), 0.3, "layer 2", 0.25, fmt, False,
+                                          api_name="/segment_ui")
+        zip_path, coco_path = path_of(downloads[0]), path_of(downloads[1])
+        coco = COCO(coco_path)
+        doc = json.load(open(coco_path))
+        assert [c["name"] for c in doc["categories"]] == exprs
+        assert doc["images"] == [{"id": 1, "file_name": "scene.png", "height": 60, "width": 80}]
+        with zipfile.ZipFile(zip_path) as z:
+            pngs = {n: cv2.imdecode(np.frombuffer(z.read(n), np.uint8), cv2.IMREAD_GRAYSCALE) > 0
+                    for n in sorted(z.namelist()) if n.startswith("mask_")}
+        by_cat = {a["category_id"]: a for a in coco.loadAnns(coco.getAnnIds(imgIds=[1]))}
+        assert by_cat, "the tiny model marked nothing at threshold 0.3"
+        for i, png in enumerate(pngs.values(), 1):
+            if i not in by_cat:
+                assert not png.any() and exprs[i - 1] in doc["info"]["empty_expressions"]
+                continue
+            ann = by_cat[i]
+            m = coco.annToMask(ann).astype(bool)
+            assert ann["area"] == png.sum() and ann["iscrowd"] == 0 and len(ann["bbox"]) == 4
+            if fmt == "RLE":
+                assert np.array_equal(m, png)
+            else:
+                assert isinstance(ann["segmentation"], (list, dict))
+                assert np.count_nonzero(m & png) / np.count_nonzero(m | png) > 0.6  # polygons approximate
+
+
+def test_redraw_changes_threshold_layer_visibility_without_a_model_call(server, files):
+    url, _, predictor, counter = server
+    client = connect(url)  # its own session: the kept result belongs to it
+    out = client.predict(handle_file(files["rgb"]), "the red cube\na blue ball", 0.5, "layer 2", 0.25, "RLE", True,
+                         api_name="/segment_ui")
+    calls, encodes = counter.calls, predictor.encode_calls
+    overlay, shown, legend, table, importance, heatmaps, downloads, status = client.predict(
+        0.2, "layer 1", 0.0, ["2"], "RLE", api_name="/redraw")
+    assert counter.calls == calls and predictor.encode_calls == encodes  # no decoder, no encoder call
+    assert "re-drawn from the kept result (no model call)" in status and "threshold 0.20" in status
+    assert "heatmaps of decoder layer 1" in status and "1 shown" in status
+    assert "(hidden)" in legend.split('data-expr="2"')[0]  # expression 1 hidden
+    areas = [r[5] for r in table["data"]]
+    before = [r[5] for r in out[3]["data"]]
+    assert all(a >= b for a, b in zip(areas, before))  # a lower threshold never shrinks a mask
+
+
+def test_errors_in_the_tab_keep_the_previous_result(server):
+    url, _, _, _ = server
+    client = connect(url)
+    out = client.predict(None, "the red cube", 0.5, "layer 2", 0.25, "RLE", True, api_name="/segment_ui")
+    status = out[-1]
+    assert "Could not finish segmenting" in status and "No image" in status and "previous result" in status
+
+
+def test_word_importance_equals_segmenting_the_expression_without_the_word(server, files):
+    _, client, predictor, _ = server
+    text = "the red cube on the left"
+    out = client.predict(handle_file(files["rgb"]), text + "\nred", 0.5, api_name="/word_importance")
+    words = out["expressions"][0]["words"]
+    tokens = predictor.vocab.encode(text, predictor.t_max).tokens
+    assert [w["word"] for w in words] == tokens and out["expressions"][1]["words"] == []
+    rgb = scene()
+    full = predictor.predict(rgb, [text])[0]
+    lb = full.letterbox
+
+    def canvas_mask(p):
+        return p.canvas_prob[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w] > 0.5
+
+    for j, w in enumerate(words):
+        without = predictor.predict(rgb, [" ".join(tokens[:j] + tokens[j + 1 :])])[0]
+        a, b = canvas_mask(full), canvas_mask(without)
+        union = np.count_nonzero(a | b)
+        assert w["iou"] == pytest.approx(np.count_nonzero(a & b) / union if union else 1.0, abs=0.02)
+
+
+# ----------------------------------------------------------------------------- scene lab
+
+def test_scene_lab_gives_the_worlds_verdicts_and_ground_truth(server):
+    from mmi.data.synthetic.parse import check
+    from webapp.scenelab import lab_scene
+
+    _, client, _, _ = server
+    image, truth, suggested, about = client.predict(7, "crowded (7-9)", 0, False, api_name="/lab_scene")
+    scene_, rgb, masks = lab_scene(7, "crowded (7-9)", 0, False)
+    assert 7 <= len(scene_.objects) <= 9 and f"{len(scene_.objects)} objects" in about
+    first = suggested.splitlines()[0]
+    assert check(scene_, first).kind == "unique"
+    absent = next(c for c in ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
+                  if all(o.colour != c for o in scene_.objects))
+    text = "\n".join([first, "the object", "the cheetah", f"the {absent} thing"])
+    truth, pred, table, status, legend = client.predict(7, "crowded (7-9)", 0, False, text, 0.5, api_name="/lab_check")
+    verdicts = [r[2] for r in table["data"]]
+    assert verdicts[0].startswith(f"names object {check(scene_, first).objects[0] + 1} (")
+    assert verdicts[1] == f"ambiguous: matches {len(scene_.objects)} objects"
+    assert verdicts[2].startswith("outside the world's grammar: 'cheetah'")
+    assert verdicts[3] == "names no object"
+    assert 0.0 <= float(table["data"][0][3]) <= 1.0 and table["data"][1][3] == ""
+    assert cv2.imread(path_of(truth)).shape == cv2.imread(path_of(pred)).shape
+    assert "1 name one object, 1 ambiguous, 1 name no object, 1 outside the grammar" in status
+    # clicking an object: its shortest expressions, each naming it
+    z = 0
+    ys, xs = np.nonzero(masks[z])
+    listing = client.predict(7, "crowded (7-9)", 0, False, int(xs[len(xs) // 2]), int(ys[len(ys) // 2]),
+                             api_name="/lab_object")
+    assert listing.startswith(f"**Object {z + 1}**")
+    quoted = [line.split("“")[1].rstrip("”") for line in listing.splitlines() if "“" in line]
+    assert quoted and all(check(scene_, q).objects == (z,) for q in quoted)
+    kept = client.predict(7, "sparse (3-5)", 8, False, api_name="/lab_scene")  # an error keeps the scene shown
+    assert "sparse (3-5) scenes hold 3 to 5 objects" in kept[3] and "Could not finish" in kept[3]
+
+
+def test_unseen_pairs_give_a_compositional_scene(server):
+    from mmi.data.synthetic.scene import HELD_OUT
+    from webapp.scenelab import lab_scene
+
+    scene_, _, _ = lab_scene(3, "any (3-9 objects)", 0, True)
+    assert scene_.held_out and all(scene_.objects[z].combo in HELD_OUT for z in scene_.held_out)
+    _, client, _, _ = server
+    assert "never seen in training" in client.predict(3, "any (3-9 objects)", 0, True, api_name="/lab_scene")[3]
+
+
+# ----------------------------------------------------------------------------- failure cases
+
+def test_failure_cases_from_an_uploaded_results_file(server, tmp_path, tiny_checkpoint):
     try:
         import fixtures_refer as fx
     except ImportError:
         from tests import fixtures_refer as fx
     from mmi.engine.evaluate import run_eval_only
 
-    url, client, predictor = server
+    url, _, predictor, _ = server
     root = str(tmp_path / "data")
     fx.write_refer_fixture(root)
     results = str(tmp_path / "eval.json")
     run_eval_only(tiny_checkpoint, "refcoco", "val", root, out=results, workers=0, device="cpu", batch_size=4)
     records = json.load(open(results))["records"]
-    session = Client(url, verbose=False)
-    table, pick = session.predict(results, api_name="/failures")  # the State outputs stay on the server
+    session = connect(url)
+    table, pick, types, summary = session.predict(handle_file(results), api_name="/failures")  # State stays on the server
     ious = [r[1] for r in table["data"]]
-    assert len(ious) == len(records) and ious == sorted(ious)
+    assert len(ious) == len(records) and ious == sorted(ious) and "eval.json" in summary
     worst = min(records, key=lambda r: (r["iou"], r["expression"]))
-    assert table["data"][0][2] == worst["expression"]
-    compare, info, gallery = session.predict(pick["value"] if isinstance(pick, dict) else pick, root, "layer 2",
-                                             api_name="/failure_case")
-    img = cv2.imread(compare if isinstance(compare, str) else compare["path"])
-    assert img.shape[:2] == (worst["height"], worst["width"])
+    assert table["data"][0][3] == worst["expression"]
+    choice = pick["value"] if isinstance(pick, dict) else pick
+    compare, info, heat = session.predict(choice, root, "layer 2", api_name="/failure_case")
+    img = cv2.imread(path_of(compare))
+    assert img.shape[0] / worst["height"] == img.shape[1] / worst["width"] >= 1
     assert f"IoU {worst['iou']:.3f}" in info and "(not available)" not in info
-    assert len(gallery) == 2 * len(predictor.vocab.encode(worst["expression"], predictor.t_max).tokens)
-    with pytest.raises(AppError, match="results file not found"):
-        session.predict(str(tmp_path / "missing.json"), api_name="/failures")
+    assert heat.count("<section") == 1
+    lo = sorted(ious)[len(ious) // 2]
+    filt, _, counted = session.predict([], lo, 1.0, api_name="/failures_filter")
+    assert all(r[1] >= lo - 1e-6 for r in filt["data"]) and f"of {len(records)} expressions" in counted
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"records": []}')
+    with pytest.raises(AppError, match="has no 'records' list"):
+        session.predict(handle_file(str(bad)), api_name="/failures")
 
 
-def test_main_reports_a_bad_checkpoint(tmp_path, capsys):
-    assert app.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+def test_shipped_results_open_without_a_data_folder(server):
+    _, client, _, _ = server
+    path = os.path.join(ROOT, "assets", "results", "synref_val_shipped.json")
+    assert os.path.getsize(path) < 1_000_000
+    doc = json.load(open(path))
+    assert doc["synthetic"]["seed"] is not None and all("gt_rle" in r and "rle" in r for r in doc["records"])
+    table, pick, types, summary = client.predict(api_name="/failures_shipped")
+    assert len(table["data"]) == len(doc["records"]) and "synref_val_shipped.json" in summary
+    assert set(types["choices"][i][0] for i in range(len(types["choices"]))) == {r["type"] for r in doc["records"]}
+    filt, pick, _ = client.predict(["ordinal"], 0.0, 1.0, api_name="/failures_filter")
+    assert filt["data"] and all(r[2] == "ordinal" for r in filt["data"])
+    choice = pick["value"] if isinstance(pick, dict) else pick
+    assert "· ordinal ·" in choice
+    compare, info, _ = client.predict(choice, "", "layer 2", api_name="/failure_case")
+    assert "(not available)" not in info and cv2.imread(path_of(compare)) is not None
+
+
+def test_a_regenerated_synthetic_image_equals_the_written_file(tmp_path):
+    from mmi.data.synthetic import SynthConfig, generate_image
+    from mmi.data.synthetic.exporter import encode_image
+    from webapp.failures import failure_inputs
+
+    config = SynthConfig()
+    g = generate_image(0, 11, config)
+    folder = tmp_path / "images" / "synref"
+    folder.mkdir(parents=True)
+    (folder / g.file_name).write_bytes(encode_image(g.image, config))
+    z = g.refs[0][0]
+    rec = {"expression": "x", "iou": 0.0, "file_name": g.file_name, "ann_id": g.image_id * 100 + z}
+    header = {"dataset": "synref", "synthetic": {"seed": 0, "config": {"name": "synref", "image_format": "jpg"}}}
+    from_file, _ = failure_inputs(rec, {"dataset": "synref"}, str(tmp_path))
+    made, gt = failure_inputs(rec, header, "")
+    assert np.array_equal(from_file, made) and np.array_equal(gt, g.masks[z])
+    with pytest.raises(ValueError, match="no synthetic seed to regenerate it"):
+        failure_inputs(rec, {"dataset": "synref"}, "")
 
 
 def test_failure_record_without_a_dataset_uses_the_json_ground_truth(tmp_path):
@@ -202,16 +393,34 @@ def test_failure_record_without_a_dataset_uses_the_json_ground_truth(tmp_path):
         app.failure_inputs({**rec, "file_name": "b.png"}, {}, str(tmp_path))
 
 
-def test_overlay_colours():
-    from mmi import viz
+# ----------------------------------------------------------------------------- what the model knows
 
-    img = np.full((20, 20, 3), 100, np.uint8)
-    gt, pred = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
-    gt[2:10, 2:10], pred[6:16, 6:16] = True, True
-    out = viz.compare_masks(img, gt, pred, alpha=1.0).astype(int)
-    assert tuple(out[4, 4]) == viz.GT_COLOR and tuple(out[13, 13]) == viz.PRED_COLOR
-    assert out[8, 8, 0] > 200 and out[8, 8, 1] > 200 and out[8, 8, 2] < 50  # both: yellow
-    two = viz.overlay_masks(img, [gt, pred], alpha=1.0, outline=False)
-    assert tuple(two[4, 4]) == viz.color(0) and tuple(two[13, 13]) == viz.color(1) and tuple(two[0, 19]) == (100,) * 3
-    heat = viz.heatmap_overlay(img, np.outer(np.arange(20), np.ones(20)).astype(np.float32))
-    assert heat.shape == img.shape and not np.array_equal(heat[0], heat[19])
+def test_the_page_says_what_the_model_knows(tiny_checkpoint, tmp_path):
+    from webapp.common import ModelInfo
+    from webapp.segment import example_rows
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    info = ModelInfo(predictor)
+    assert "trained on **fixture**" in info.summary() and "shapes world only" not in info.summary()
+    marked = info.mark("the red cheetah\n\nleftmost circle")
+    assert '<mark class="unk" title="not in the vocabulary">?cheetah</mark>' in marked and "1 unknown word(s)" in marked
+    assert "2. " in marked and "?leftmost" not in marked
+    predictor.meta = {"dataset": "synref", "epoch": 11, "val": {"oIoU": 0.42, "count": 600}}
+    synth = ModelInfo(predictor).summary()
+    assert "knows the synthetic shapes world only" in synth and "--checkpoint" in synth and "oIoU 42.0" in synth
+    from webapp.common import Context, Results, Workdir
+
+    folder = tmp_path / "examples"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), scene())
+    (folder / "examples.json").write_text(json.dumps([
+        {"file_name": "a.png", "expressions": ["the red cube", "the purple cheetah", "a blue ball"]},
+        {"file_name": "a.png", "expressions": ["the cheetah"]}]))
+    ctx = Context(predictor, info, Workdir(), Results(), ["layer 1"], examples_dir=str(folder))
+    rows, labels = example_rows(ctx)  # examples keep only the lines in the model's own words
+    assert rows == [[str(folder / "a.png"), "the red cube\na blue ball"]] and labels == ["1: the red cube / a blue ball"]
+
+
+def test_main_reports_a_bad_checkpoint(tmp_path, capsys):
+    assert app.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
