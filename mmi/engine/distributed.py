@@ -102,6 +102,15 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+def all_reduce_max_list(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise maximum of ``values`` over processes (one all-reduce)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every process's ``obj`` (picklable), in rank order; ``[obj]`` when single-process."""
     if not (dist.is_available() and dist.is_initialized()):
