@@ -71,7 +71,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
         kwargs: dict[str, Any] = {"backend": backend}
         if dev.type == "cuda":
             kwargs["device_id"] = dev
-        dist.init_process_group(**kwargs)
+        try:
+            dist.init_process_group(**kwargs)
+        except RuntimeError as e:
+            if _env_int("TORCHELASTIC_RESTART_COUNT", 0) > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+                raise RuntimeError(
+                    f"{e}\nThis worker group was restarted by torchrun, whose rendezvous store the workers share "
+                    f"without a per-restart prefix: the restarted group can read the previous group's addresses. "
+                    f"Run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment.") from e
+            raise
     return DistInfo(rank, local_rank, world, dev, backend)
 
 
