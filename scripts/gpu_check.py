@@ -215,7 +215,7 @@ def _torchrun(chk: Check, out: str, log: str, kill_after: int | None) -> dict:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         if kill_after is not None:
-            deadline = time.time() + 240
+            deadline = time.time() + 600
             while time.time() < deadline and proc.poll() is None:
                 steps = [r["step"] for r in _log(out) if r["kind"] == "train"]
                 if steps and max(steps) >= kill_after and os.path.exists(os.path.join(out, "last.pt")):
@@ -228,7 +228,7 @@ def _torchrun(chk: Check, out: str, log: str, kill_after: int | None) -> dict:
                 time.sleep(0.01)
             if killed is None:
                 raise RuntimeError(f"the worker was not killed: no step {kill_after} in time: {open(path).read()[-2500:]}")
-        proc.wait(timeout=300)
+        proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -97,7 +97,7 @@ def _start(cmd: list[str], log_path: str, **env) -> subprocess.Popen:
                                 text=True, start_new_session=True)
 
 
-def _finish(proc: subprocess.Popen, log_path: str, timeout: float = 300) -> str:
+def _finish(proc: subprocess.Popen, log_path: str, timeout: float = 500) -> str:
     """Wait for ``proc``; on a timeout or an error end its whole session. Returns its output."""
     try:
         proc.wait(timeout=timeout)
