@@ -51,12 +51,6 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without overwriting the last good checkpoint."""
 
 
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def set_deterministic() -> None:
     """Deterministic kernels where torch has them (``train.deterministic``): cuDNN without
     autotuning, cuBLAS with a fixed workspace; ops without a deterministic CUDA kernel (e.g.
@@ -72,6 +66,12 @@ def ignore_stop_signals(worker_id: int) -> None:
     and saves (a worker dead of Ctrl-C would fail the next batch)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def lr_factor(step: int, iters_per_epoch: int, optim: dict) -> float:
@@ -375,8 +375,13 @@ class Trainer:
         start_time = time.time()
         stopped_early = False
         bs = int(self.cfg["data"]["batch_size"]) * self.info.world_size
+        first_epoch = self.state.epoch
         while self.state.epoch < epochs and not stopped_early:
             epoch = self.state.epoch
+            if epoch > first_epoch and self._stop_requested(False):  # a signal during the last validation or save
+                stopped_early = True
+                self._stopped_by_signal(epoch)
+                break
             skip = self.state.step_in_epoch
             bar = None
             if self.progress and self.info.is_main:
@@ -442,9 +447,6 @@ class Trainer:
             self.save("last.pt")
             if improved:
                 self.save("best.pt")
-            if self.state.epoch < epochs and self._stop_requested(False):  # a signal during validation or saving
-                stopped_early = True
-                self._stopped_by_signal(self.state.epoch)
         return self.finish(stopped_early)
 
     def finish(self, stopped_early: bool) -> dict:
