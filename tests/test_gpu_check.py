@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -17,9 +18,16 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fi
 def test_gpu_check_cpu_dry_run_passes_every_step(tmp_path):
     out, work = tmp_path / "out", tmp_path / "work"
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "scripts/gpu_check.py", "--cpu-dry-run", "--out", str(out), "--work", str(work),
-                          "--wheels", str(tmp_path / "no_wheels")], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=1200)
+    proc = subprocess.Popen([sys.executable, "scripts/gpu_check.py", "--cpu-dry-run", "--out", str(out), "--work", str(work),
+                             "--wheels", str(tmp_path / "no_wheels")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=1200)
+    finally:
+        if proc.poll() is None:  # the script and the torchrun it started
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     report = json.loads((out / "gpu_check.json").read_text())
     failed = {k: v.get("error") for k, v in report["steps"].items() if not v["ok"]}
     assert res.returncode == 0 and report["ok"], (failed, res.stdout[-3000:], res.stderr[-3000:])
