@@ -120,7 +120,8 @@ def one(variant: str, seed: int, recipe: dict, args) -> dict:
     same_budget(out, over, seed, args)
     if not os.path.exists(result):
         milestones = [args.epochs - 1] if args.epochs > 1 else []  # lr x0.1 for the last epoch
-        run([sys.executable, "train.py", "--config", args.config, "--no-progress", "--set",
+        # --resume auto: a run stopped before its evaluation (a crash, SIGTERM) continues
+        run([sys.executable, "train.py", "--config", args.config, "--no-progress", "--resume", "auto", "--set",
              f"model.overrides={json.dumps(over)}", f"train.seed={seed}", f"train.epochs={args.epochs}",
              f"train.max_steps_per_epoch={args.steps}", "train.time_budget_min=null", "train.val_every=0",
              "train.save_every_steps=0", f"optim.milestones={json.dumps(milestones)}", "optim.lr=0.001",

@@ -41,14 +41,16 @@ def test_inference_round_trip(model_vocab, tmp_path):
     assert [f for f in os.listdir(tmp_path) if f != "m.pt"] == []  # no temp file left behind
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "truncated", "bare_state_dict", "wrong_format", "not_torch", "unsafe_pickle"])
+@pytest.mark.parametrize("case", ["missing", "empty", "truncated", "bare_state_dict", "wrong_format", "not_torch", "unsafe_pickle",
+                                  "random_bytes", "corrupt_inside_zip"])
 def test_bad_files_raise_checkpoint_error_naming_the_file(model_vocab, tmp_path, case):
     model, vocab = model_vocab
     path = str(tmp_path / f"{case}.pt")
     good = str(tmp_path / "good.pt")
     save_inference(good, model, vocab)
     expect = {"missing": "not found", "empty": "empty", "truncated": "cannot read", "bare_state_dict": "not an MMI checkpoint",
-              "wrong_format": "unknown checkpoint format", "not_torch": "cannot read", "unsafe_pickle": "weights_only"}[case]
+              "wrong_format": "unknown checkpoint format", "not_torch": "cannot read", "unsafe_pickle": "(random.Random)",
+              "random_bytes": "is corrupt or truncated", "corrupt_inside_zip": "is corrupt"}[case]
     if case == "empty":
         open(path, "wb").close()
     elif case == "truncated":
@@ -62,9 +64,25 @@ def test_bad_files_raise_checkpoint_error_naming_the_file(model_vocab, tmp_path,
         open(path, "w").write("hello, not a checkpoint\n")
     elif case == "unsafe_pickle":
         torch.save({"format": "mmi-inference/1", "obj": random.Random(1)}, path)
+    elif case == "random_bytes":
+        for seed in range(8):  # several, as torch's error depends on the first bytes
+            open(path, "wb").write(np.random.default_rng(seed).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+            with pytest.raises(CheckpointError) as err:
+                load_inference(path)
+            assert "corrupt" in str(err.value) and "other than" not in str(err.value) and "file an issue" not in str(err.value)
+    elif case == "corrupt_inside_zip":  # a valid zip whose pickle is garbage
+        import zipfile
+
+        with zipfile.ZipFile(good) as z:
+            names = z.namelist()
+            with zipfile.ZipFile(path, "w") as out:
+                for n in names:
+                    out.writestr(n, b"\x8c\x00garbage" * 10 if n.endswith("data.pkl") else z.read(n))
     with pytest.raises(CheckpointError) as err:
         load_inference(path)
-    assert path in str(err.value) and expect in str(err.value)
+    text = str(err.value)
+    assert path in text and expect in text, text
+    assert "file an issue" not in text and not text.rstrip().endswith(":")  # no torch boilerplate, nothing dangling
 
 
 def test_training_checkpoint_is_not_accepted_for_resume_when_inference(model_vocab, tmp_path):
@@ -143,3 +161,100 @@ def test_full_training_checkpoint_and_export(model_vocab, tmp_path):
     assert all(w16[k].dtype == w[k].dtype for k in w)  # cast back to the model's dtypes
     key = next(k for k in w if w[k].is_floating_point() and w[k].numel() > 100)
     assert torch.allclose(w16[key], w[key], atol=1e-2) and not torch.equal(w16[key], w[key])
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_says_so(model_vocab, tmp_path, monkeypatch):
+    import errno
+
+    model, vocab = model_vocab
+    path = str(tmp_path / "last.pt")
+    save_inference(path, model, vocab, {"epoch": 1})
+    real_open = ck._open_tmp
+
+    class FullDisk:  # a real file that accepts 64 KiB, then fails as a full disk does
+        def __init__(self, p):
+            self.f, self.left = real_open(p), 65536
+
+        def write(self, data):
+            if len(data) > self.left:
+                self.f.write(bytes(data)[: self.left])
+                self.left = 0
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.left -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(ck, "_open_tmp", FullDisk)
+    with pytest.raises(CheckpointError) as err:
+        save_inference(path, model, vocab, {"epoch": 2})
+    text = str(err.value)
+    assert f"could not write checkpoint {path}: the disk is full (ENOSPC)" in text
+    assert "previous last.pt is kept unchanged" in text
+    assert isinstance(err.value.__cause__, OSError) and err.value.__cause__.errno == errno.ENOSPC
+    assert os.listdir(tmp_path) == ["last.pt"]  # the partial temp file was removed
+    monkeypatch.setattr(ck, "_open_tmp", real_open)
+    m2, _, meta = load_inference(path)
+    assert meta == {"epoch": 1} and _same_weights(model, m2)
+
+
+_WRITER = r"""
+import os, sys, torch
+from mmi.engine.checkpoint import atomic_save
+path = sys.argv[1]
+big = {"format": "mmi-inference/1", "model": {"w": torch.arange(40_000_000, dtype=torch.float32)}, "config": {},
+       "vocab": [], "meta": {"n": 0}}
+atomic_save({"format": "mmi-inference/1", "model": {"w": torch.ones(10)}, "config": {}, "vocab": [],
+             "meta": {"n": 0}}, path)
+print("first", flush=True)
+for n in range(1, 1000):
+    big["meta"]["n"] = n
+    atomic_save(big, path)
+"""
+
+
+def test_process_killed_while_writing_leaves_the_previous_file_loadable(tmp_path):
+    """A real process writing 160 MB checkpoints in a loop is SIGKILLed while a temporary file
+    is being written; the last complete file still loads (weights_only) and the next run's
+    clean-up removes the partial file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = str(tmp_path / "last.pt")
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", _WRITER, path], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "first"
+        deadline = time.time() + 60
+        partial = []
+        while time.time() < deadline and not partial:  # a temporary file being written, 1 MB or more so far
+            partial = [f for f in os.listdir(tmp_path) if f.endswith(".tmp") and os.path.getsize(tmp_path / f) > 2**20]
+            time.sleep(0.002)
+        assert partial, "the writer never started a second checkpoint"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    left = [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    assert left and os.path.getsize(tmp_path / left[0]) < 160_000_000  # killed in the middle of a write
+    obj = torch.load(path, weights_only=True)  # the previous complete file
+    assert obj["format"] == "mmi-inference/1"
+    n = obj["meta"]["n"]
+    w = obj["model"]["w"]
+    assert (n == 0 and torch.equal(w, torch.ones(10))) or (n > 0 and w.numel() == 40_000_000 and float(w[-1]) == 39_999_999.0)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):  # the partial file is recognised as such
+        ck.read_checkpoint(str(tmp_path / left[0]))
+    assert ck.remove_partial_files(str(tmp_path)) == left and os.listdir(tmp_path) == ["last.pt"]

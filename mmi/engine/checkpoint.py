@@ -10,14 +10,21 @@ numbers, strings, lists and dicts inside):
   process: python, numpy, torch, cuda states as tensors and plain lists), ``best`` (best validation oIoU so far) and ``run_config``
   (the resolved run configuration). ``--resume`` reads it.
 
-Every file is written to a temporary file in the same folder, flushed, fsynced and moved into
-place with ``os.replace``: a write killed midway leaves the previous file intact.
+Every file is written to a temporary file in the same folder (``.<name>.<pid>.<random>.tmp``),
+flushed, fsynced and moved into place with ``os.replace``: a process killed midway (even by
+SIGKILL) leaves the previous file intact, and at worst a stale temporary file, which the next
+run in that folder removes (:func:`remove_partial_files`). A write that fails (a full disk:
+ENOSPC, a quota, an I/O error) removes its temporary file and raises :class:`CheckpointError`
+saying so; the previous file is kept.
 """
 from __future__ import annotations
 
+import errno
+import glob
 import os
 import random
 import uuid
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -33,24 +40,74 @@ class CheckpointError(RuntimeError):
 
 # ----------------------------------------------------------------------------- atomic I/O
 
+def _open_tmp(path: str):
+    """The temporary file a checkpoint is written to (plain ``open``: the mode follows the umask)."""
+    return open(path, "xb")
+
+
+class _RecordingWriter:
+    """A file wrapper that remembers the OSError of a failed ``write``: torch's zip writer may
+    report it as a RuntimeError of its own, and the cause (e.g. ENOSPC) must not be lost."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def __getattr__(self, name: str):  # everything else as the file does
+        return getattr(self.f, name)
+
+
+def _os_error(exc: BaseException, writer: _RecordingWriter | None) -> OSError | None:
+    if isinstance(exc, OSError):
+        return exc
+    if writer is not None and writer.error is not None:
+        return writer.error
+    cause = exc.__cause__ or exc.__context__
+    return cause if isinstance(cause, OSError) else None
+
+
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save(obj)`` to ``path`` atomically (temp file in the same folder, fsync, replace)."""
+    """``torch.save(obj)`` to ``path`` atomically (temp file in the same folder, fsync, replace).
+
+    On an OS error while writing (ENOSPC: the disk is full) the temporary file is removed, the
+    previous ``path`` is left as it was and :class:`CheckpointError` says which file could not
+    be written and why. Anything else (e.g. KeyboardInterrupt) also removes the temporary file
+    and propagates unchanged."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    writer = None
     try:
-        with open(tmp, "xb") as f:  # plain open: the file mode follows the umask
-            torch.save(obj, f)
+        with _open_tmp(tmp) as f:
+            writer = _RecordingWriter(f)
+            torch.save(obj, writer)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise
+        err = _os_error(e, writer)
+        if err is None:
+            raise
+        reason = "the disk is full (ENOSPC)" if err.errno == errno.ENOSPC else \
+            f"{os.strerror(err.errno) if err.errno else err} ({errno.errorcode.get(err.errno, 'OSError')})"
+        kept = (f"the previous {os.path.basename(path)} is kept unchanged" if os.path.exists(path)
+                else f"there was no earlier {os.path.basename(path)}")
+        raise CheckpointError(f"could not write checkpoint {path}: {reason}; the partial file was removed and {kept}. "
+                              f"Free space in {folder} (or choose another output) and resume.") from err
     try:  # make the rename itself durable where the platform allows it
         dfd = os.open(folder, os.O_RDONLY)
         try:
@@ -59,6 +116,23 @@ def atomic_save(obj: Any, path: str) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def remove_partial_files(folder: str) -> list[str]:
+    """Remove the temporary files (``.<name>.<pid>.<random>.tmp``) that a process killed while
+    writing a checkpoint left in ``folder``; returns their names. Call it only when no other
+    process writes to ``folder``."""
+    removed = []
+    for p in sorted(glob.glob(os.path.join(glob.escape(os.fspath(folder)), ".*.pt.*.tmp"))):
+        try:
+            os.unlink(p)
+            removed.append(os.path.basename(p))
+        except OSError:
+            pass
+    return removed
+
+
+_LEGACY_MAGIC = b"\x80\x02\x8a\n"  # the pickle stream of torch's pre-1.6 format starts so
 
 
 def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
@@ -71,17 +145,28 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"checkpoint is not a file: {path}")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint is empty (0 bytes): {path}")
+    corrupt = f"cannot read checkpoint {path}: the file is corrupt or truncated"
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_MAGIC))
+        if head != _LEGACY_MAGIC:  # a complete torch file is a zip archive (or the legacy pickle)
+            raise CheckpointError(f"{corrupt} (not a complete torch file: no zip directory at its end); "
+                                  f"if it was being written when a process died, use the previous checkpoint")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types here (RuntimeError, UnpicklingError, KeyError, EOFError, ...)
         text = str(e)
         if "Weights only load failed" in text:
-            detail = next((ln.strip() for ln in text.splitlines() if "WeightsUnpickler error" in ln), "")
-            raise CheckpointError(f"refusing checkpoint {path}: it holds objects other than tensors and plain "
-                                  f"containers, which weights_only=True loading does not run. {detail}".strip()) from None
+            reason = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation")[0]
+            reason = " ".join(reason.split()) if "WeightsUnpickler error:" in text else ""
+            if reason.startswith(("Unsupported global", "Unsupported class")) or "GLOBAL" in reason:
+                name = reason.split("GLOBAL", 1)[-1].split()[0] if "GLOBAL" in reason else reason
+                raise CheckpointError(f"refusing checkpoint {path}: it holds a Python object ({name}) besides tensors "
+                                      f"and plain containers, which weights_only=True loading does not run") from None
+            raise CheckpointError(f"{corrupt} (its contents do not unpickle: {reason or 'unknown'})") from None
         first = text.strip().splitlines()[0] if text.strip() else ""
-        raise CheckpointError(f"cannot read checkpoint {path} (truncated, corrupt or not a torch file): "
-                              f"{type(e).__name__} {first}".strip()) from None
+        raise CheckpointError(f"{corrupt} (not a readable torch file: {type(e).__name__}"
+                              f"{': ' + first if first else ''})") from None
     if not isinstance(obj, dict) or "format" not in obj:
         raise CheckpointError(f"{path} is not an MMI checkpoint (no 'format' key; a bare state_dict?)")
     if obj["format"] not in (INFERENCE_FORMAT, TRAIN_FORMAT):

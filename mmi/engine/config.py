@@ -78,6 +78,7 @@ DEFAULTS: dict[str, Any] = {
         "feature_cache_file": None,  # ... read at the start and written after each epoch (feature_cache.py)
         "sync_bn": False,            # SyncBatchNorm across GPUs (CUDA only)
         "find_unused_parameters": False,
+        "deterministic": False,      # deterministic cuDNN/cuBLAS kernels (slower; for exact GPU comparisons)
     },
     "word_vectors": {
         "source": "spacy",           # glove | spacy | random
@@ -220,6 +221,10 @@ def validate(cfg: dict) -> None:
     _require(t["max_steps_per_epoch"] is None or (isinstance(t["max_steps_per_epoch"], int) and t["max_steps_per_epoch"] >= 1),
              "train.max_steps_per_epoch", "must be null or a positive integer")
     _require(isinstance(t["val_every"], int) and t["val_every"] >= 0, "train.val_every", "must be an integer >= 0")
+    _require(isinstance(t["deterministic"], bool), "train.deterministic", f"must be true or false, got {t['deterministic']!r}")
+    if t["amp"] == "fp16" and t["device"] == "cpu":
+        raise ConfigError("config key 'train.amp': fp16 (with loss scaling) needs a CUDA device and train.device is "
+                          "'cpu'; use train.amp=bf16 or off on the CPU")
     src = cfg["word_vectors"]["source"]
     _require(src in ("glove", "spacy", "random"), "word_vectors.source", f"choose glove, spacy or random, got {src!r}")
     if src == "glove":

@@ -71,7 +71,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
         kwargs: dict[str, Any] = {"backend": backend}
         if dev.type == "cuda":
             kwargs["device_id"] = dev
-        dist.init_process_group(**kwargs)
+        try:
+            dist.init_process_group(**kwargs)
+        except RuntimeError as e:
+            if _env_int("TORCHELASTIC_RESTART_COUNT", 0) > 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+                raise RuntimeError(
+                    f"{e}\nThis worker group was restarted by torchrun, whose rendezvous store the workers share "
+                    f"without a per-restart prefix: the restarted group can read the previous group's addresses. "
+                    f"Run torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment.") from e
+            raise
     return DistInfo(rank, local_rank, world, dev, backend)
 
 
@@ -100,6 +108,15 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+def all_reduce_max_list(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise maximum of ``values`` over processes (one all-reduce)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import Letterbox, collate
 from ..metrics import DEFINITIONS, IoUAccumulator, format_table
+from .config import ConfigError
 from .distributed import DistInfo, ShardSampler, all_gather_objects
 from .precision import resolve_amp
 
@@ -79,6 +80,25 @@ def _expression_type(dataset: Any, meta: dict) -> str | None:
     return None
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGINT/SIGTERM to the main process (a training run saves on them)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def default_results_path(checkpoint: str, name: str) -> str:
+    """Where ``--eval-only`` writes without ``--out``: beside a checkpoint that lies in a run
+    folder (one holding ``config.json`` or ``log.jsonl``), else ``runs/eval/<checkpoint
+    name>_<name>``; never beside a shipped model in ``weights/``."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    if any(os.path.isfile(os.path.join(folder, f)) for f in ("config.json", "log.jsonl")):
+        return os.path.join(folder, name)
+    stem = os.path.splitext(os.path.basename(checkpoint))[0]
+    return os.path.join("runs", "eval", f"{stem}_{name}")
+
+
 def evaluate(model: torch.nn.Module, dataset: Any, device: torch.device, *, threshold: float = 0.5,
              batch_size: int = 8, workers: int = 0, amp: str = "off", records: bool = True,
              max_items: int | None = None, dist_info: DistInfo | None = None, progress: bool = False,
@@ -93,7 +113,7 @@ def evaluate(model: torch.nn.Module, dataset: Any, device: torch.device, *, thre
     data = dataset if n == len(dataset) else Subset(dataset, range(n))
     sampler = ShardSampler(n, info.rank, info.world_size)
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", worker_init_fn=_ignore_stop_signals if workers else None)
     was_training = model.training
     model.eval()
     start = time.time()
@@ -159,17 +179,21 @@ def write_results(path: str, result: dict, header: dict) -> None:
 def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, split_by: str | None = None,
                   image_dir: str | None = None, threshold: float = 0.5, out: str | None = None, batch_size: int = 8,
                   workers: int = 2, device: str = "auto", amp: str = "off", max_items: int | None = None,
-                  language: str = "normal") -> dict:
+                  language: str = "normal", progress: bool = True) -> dict:
     """``train.py --eval-only``: load a checkpoint (training or inference), evaluate one split,
-    print the table, write the results JSON (default ``<checkpoint dir>/eval_<dataset>_<split>.json``,
-    ``..._<language>.json`` for a language probe: ``RefDataset.set_language``)."""
+    print the table, write the results JSON (default: :func:`default_results_path` of
+    ``eval_<dataset>_<split>.json``, ``..._<language>.json`` for a language probe:
+    ``RefDataset.set_language``)."""
     from ..data import build_dataset, normalization
     from .checkpoint import load_inference
     from .distributed import cleanup, init_distributed
 
     if not 0 < threshold < 1:
-        raise ValueError(f"--threshold must lie in (0, 1), got {threshold}")
+        raise ConfigError(f"--threshold must lie in (0, 1), got {threshold}")
     info = init_distributed(device)
+    if amp == "fp16" and info.device.type != "cuda":
+        cleanup()
+        raise ConfigError(f"--amp fp16 needs a CUDA device, the evaluation runs on {info.device}; use --amp bf16 or off")
     try:
         model, vocab, meta = load_inference(checkpoint)
         model.to(info.device)
@@ -177,10 +201,10 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
                            image_dir=image_dir, split_by=split_by, normalization=normalization(model.config))
         ds.set_language(language)
         result = evaluate(model, ds, info.device, threshold=threshold, batch_size=batch_size, workers=workers,
-                          amp=amp, records=True, max_items=max_items, dist_info=info, progress=True)
+                          amp=amp, records=True, max_items=max_items, dist_info=info, progress=progress)
         if info.is_main:
             probe = "" if language == "normal" else f"_{language}"
-            out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"eval_{dataset}_{split}{probe}.json")
+            out = out or default_results_path(checkpoint, f"eval_{dataset}_{split}{probe}.json")
             header = {"checkpoint": os.path.abspath(checkpoint), "dataset": dataset, "split": split,
                       "split_by": ds.refer.split_by, "threshold": threshold, "image_size": model.image_size,
                       "t_max": model.t_max, "checkpoint_meta": meta,

@@ -9,12 +9,22 @@ weights as an uninterrupted run.
 
 Outputs in ``cfg["output"]``: ``config.json`` (resolved), ``log.jsonl``, ``last.pt``, ``best.pt``
 (by validation oIoU), ``curves.png``; see :mod:`mmi.engine.checkpoint` for the files' contents.
+A new run refuses a folder that holds a run; ``resume="auto"`` resumes from its ``last.pt``
+when there is one (:mod:`mmi.engine.output`).
+
+SIGTERM / SIGINT during :meth:`Trainer.fit`: the handler only sets a flag; the current step
+finishes, every rank learns of the flag (an all-reduce after each step) and all of them save
+``last.pt`` at that exact sample position (mid-epoch), log an event and return with
+``summary["signal"]`` set; ``train.py`` then exits with 128 + the signal number (143 for
+SIGTERM, 130 for SIGINT). A second SIGINT interrupts at once.
 """
 from __future__ import annotations
 
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,10 +37,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..data import build_dataset, collate, normalization
 from ..model import build_model, build_model_from_config, resolve_config
 from ..text import Vocabulary, word_vectors
-from .checkpoint import CheckpointError, get_rng_state, load_training, save_training, set_rng_state
-from .config import check_paths, model_overrides, save_config
-from .distributed import (DistInfo, SkipSampler, all_gather_objects, all_reduce_max, all_reduce_mean, barrier, cleanup,
-                          init_distributed)
+from .checkpoint import (CheckpointError, get_rng_state, load_training, remove_partial_files, save_training,
+                         set_rng_state)
+from .config import ConfigError, check_paths, model_overrides, save_config
+from .distributed import (DistInfo, SkipSampler, all_gather_objects, all_reduce_max_list, all_reduce_mean, barrier,
+                          broadcast_object, cleanup, init_distributed)
+from .output import AUTO, resolve_start
 from .evaluate import autocast, evaluate
 from .precision import resolve_amp
 from .runlog import RunLogger, plot_curves
@@ -38,6 +50,23 @@ from .runlog import RunLogger, plot_curves
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without overwriting the last good checkpoint."""
+
+
+def set_deterministic() -> None:
+    """Deterministic kernels where torch has them (``train.deterministic``): cuDNN without
+    autotuning, cuBLAS with a fixed workspace; ops without a deterministic CUDA kernel (e.g.
+    bilinear upsampling's backward) warn and stay as they are."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which finishes its step
+    and saves (a worker dead of Ctrl-C would fail the next batch)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def set_seed(seed: int) -> None:
@@ -96,7 +125,10 @@ class _State:
 class Trainer:
     """Builds everything a run needs from a resolved config, then :meth:`fit` trains it."""
 
-    def __init__(self, cfg: dict, resume: str | None = None, progress: bool = True):
+    def __init__(self, cfg: dict, resume: str | None = None, progress: bool = True, overwrite: bool = False):
+        """``resume``: a training checkpoint, ``"auto"`` (``<output>/last.pt`` when it exists,
+        else a fresh run) or None (a fresh run: refused when ``output`` holds a run, unless
+        ``overwrite``, which removes that run's files first)."""
         self.cfg, self.progress = cfg, progress
         check_paths(cfg, resume=bool(resume))  # fail before any work, naming the missing path
         t, d = cfg["train"], cfg["data"]
@@ -104,6 +136,14 @@ class Trainer:
         self.info: DistInfo = init_distributed(t["device"])
         self.device = self.info.device
         self.out = cfg["output"]
+        if t["amp"] == "fp16" and self.device.type != "cuda":
+            raise ConfigError(f"config key 'train.amp': fp16 (with loss scaling) needs a CUDA device, this run is on "
+                              f"{self.device}; use train.amp=bf16 or off on the CPU")
+        if t["deterministic"]:
+            set_deterministic()
+        asked = resume
+        resume, self.partial_removed = self._resolve_start(resume, overwrite)
+        self.signal = 0  # set by the SIGTERM/SIGINT handler during fit()
         ckpt = load_training(resume) if resume else None
         self.state = _State()
         set_seed(int(t["seed"]))  # the same initial weights on every rank
@@ -153,11 +193,28 @@ class Trainer:
             save_config(cfg, os.path.join(self.out, "config.json"))
             self.logger.log("event", self.state.epoch, self.state.step,
                             message="resume" if ckpt else "start", world_size=self.info.world_size,
+                            step_in_epoch=self.state.step_in_epoch, resume=resume if ckpt else None,
+                            resume_auto=asked == AUTO, partial_files_removed=self.partial_removed,
                             device=str(self.device), vocab=len(self.vocab), word_vectors=self.vectors,
                             backbone_weights=self.backbone_weights, amp=self.amp,
                             train_items=len(self.train_ds), iters_per_epoch=self.iters_per_epoch)
 
     # ------------------------------------------------------------------ set-up
+
+    def _resolve_start(self, resume: str | None, overwrite: bool) -> tuple[str | None, list[str]]:
+        """Rank 0 looks at the output folder (refusal, ``auto``, ``overwrite``, stale partial
+        files) and every rank receives its decision, so all ranks start alike."""
+        decision: tuple = ("ok", None, [])
+        if self.info.is_main:
+            try:
+                path = resolve_start(self.out, resume, overwrite)
+                decision = ("ok", path, remove_partial_files(self.out) if os.path.isdir(self.out) else [])
+            except ConfigError as e:
+                decision = ("error", str(e), [])
+        decision = broadcast_object(decision)
+        if decision[0] == "error":
+            raise ConfigError(decision[1])
+        return decision[1], decision[2]
 
     def _build_data(self, mc: dict, ckpt: dict | None) -> None:
         """Train (and val) datasets at the model's S and T; the vocabulary from the training
@@ -228,10 +285,19 @@ class Trainer:
         """Write ``<out>/<name>`` (full training state). Collective: call on every rank."""
         rng = all_gather_objects(get_rng_state())
         path = os.path.join(self.out, name)
+        error = None
         if self.info.is_main:
-            save_training(path, model=self.model, vocab=self.vocab, optimizer=self.optimizer, scheduler=self.scheduler,
-                          scaler=self.scaler, epoch=self.state.epoch, step=self.state.step, best=self.state.best,
-                          run_config=self.cfg, meta=self._meta(), step_in_epoch=self.state.step_in_epoch, rng=rng)
+            try:
+                save_training(path, model=self.model, vocab=self.vocab, optimizer=self.optimizer,
+                              scheduler=self.scheduler, scaler=self.scaler, epoch=self.state.epoch, step=self.state.step,
+                              best=self.state.best, run_config=self.cfg, meta=self._meta(),
+                              step_in_epoch=self.state.step_in_epoch, rng=rng)
+            except CheckpointError as e:  # e.g. a full disk: the previous file is kept
+                error = str(e)
+                self.logger.log("event", self.state.epoch, self.state.step, message="save failed", detail=error)
+        error = broadcast_object(error)  # every rank stops alike
+        if error:
+            raise CheckpointError(error)
         return path
 
     # ------------------------------------------------------------------ loop
@@ -244,7 +310,8 @@ class Trainer:
         gen = torch.Generator().manual_seed(int(self.cfg["train"]["seed"]) * 100003 + epoch)  # keeps the global RNG untouched
         return DataLoader(self.train_ds, batch_size=bs, sampler=SkipSampler(self.sampler, skip_steps * bs),
                           num_workers=workers, collate_fn=collate, drop_last=self.drop_last,
-                          pin_memory=self.device.type == "cuda", generator=gen)
+                          pin_memory=self.device.type == "cuda", generator=gen,
+                          worker_init_fn=ignore_stop_signals if workers else None)
 
     def _step(self, batch: dict) -> torch.Tensor:
         """One optimiser step; returns the rank-averaged (loss, loss_mask, loss_lfr)."""
@@ -292,15 +359,49 @@ class Trainer:
                        channels_last=self.channels_last)
         return res["totals"]
 
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signal = signum  # acted on after the current step
+        if signum == signal.SIGINT:  # a second Ctrl-C interrupts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _stop_requested(self, over_budget: bool) -> bool:
+        """Collective: True on every rank when any rank is over the time budget or got a signal
+        (``self.signal`` then holds that signal on every rank)."""
+        over, sig = all_reduce_max_list([float(over_budget), float(self.signal)], self.device)
+        self.signal = int(sig)
+        return bool(over) or self.signal != 0
+
+    def _stopped_by_signal(self, epoch: int) -> None:
+        name = signal.Signals(self.signal).name
+        self.logger.log("event", epoch, self.state.step, message=f"stopped by {name}", signal=self.signal,
+                        step_in_epoch=self.state.step_in_epoch, checkpoint=os.path.join(self.out, "last.pt"))
+
     def fit(self) -> dict:
-        """Train from the current state to ``train.epochs``; returns a summary dict."""
+        """Train from the current state to ``train.epochs``; returns a summary dict. SIGTERM and
+        SIGINT stop it after the current step with ``last.pt`` saved (see the module docstring)."""
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        try:
+            return self._fit()
+        finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
+
+    def _fit(self) -> dict:
         t = self.cfg["train"]
         epochs, budget = int(t["epochs"]), t["time_budget_min"]
         start_time = time.time()
         stopped_early = False
         bs = int(self.cfg["data"]["batch_size"]) * self.info.world_size
+        first_epoch = self.state.epoch
         while self.state.epoch < epochs and not stopped_early:
             epoch = self.state.epoch
+            if epoch > first_epoch and self._stop_requested(False):  # a signal during the last validation or save
+                stopped_early = True
+                self._stopped_by_signal(epoch)
+                break
             skip = self.state.step_in_epoch
             bar = None
             if self.progress and self.info.is_main:
@@ -331,7 +432,7 @@ class Trainer:
                                     loss_lfr=vals[2], lr=self.lr_used, images_per_s=round(speed, 2))
                 if t["save_every_steps"] and self.state.step % int(t["save_every_steps"]) == 0:
                     self.save("last.pt")
-                if budget is not None and all_reduce_max(time.time() - start_time, self.device) > 60 * float(budget):
+                if self._stop_requested(budget is not None and time.time() - start_time > 60 * float(budget)):
                     stopped_early = True
                     break
                 if self.state.step_in_epoch >= self.iters_per_epoch:
@@ -341,6 +442,11 @@ class Trainer:
             if count:
                 m = sums / count
                 self.logger.log("epoch", epoch + 1, self.state.step, loss=m[0], loss_mask=m[1], loss_lfr=m[2])
+            if stopped_early and self.signal:
+                # also after an epoch's last step: the resumed run validates and closes the epoch
+                self.save("last.pt")  # mid-epoch: --resume continues from this sample on
+                self._stopped_by_signal(epoch + 1)
+                break
             if stopped_early and self.state.step_in_epoch < self.iters_per_epoch:
                 self.save("last.pt")  # mid-epoch: --resume continues from this sample on
                 self.logger.log("event", epoch + 1, self.state.step, message="time budget reached")
@@ -376,21 +482,25 @@ class Trainer:
 
     def finish(self, stopped_early: bool) -> dict:
         if self.info.is_main:
-            self.logger.log("event", self.state.epoch, self.state.step, message="end", stopped_early=stopped_early)
+            self.logger.log("event", self.state.epoch, self.state.step, message="end", stopped_early=stopped_early,
+                            signal=(self.signal or None) if stopped_early else None)
             self.logger.close()
             try:
                 plot_curves(self.logger.path, os.path.join(self.out, "curves.png"))
             except Exception as e:  # a plot must never lose a finished run
                 print(f"warning: could not draw {self.out}/curves.png: {e}")
         return {"epoch": self.state.epoch, "step": self.state.step, "best_oIoU": self.state.best,
-                "last_val": self.state.last_val, "stopped_early": stopped_early, "output": self.out}
+                "last_val": self.state.last_val, "stopped_early": stopped_early, "output": self.out,
+                "signal": (self.signal or None) if stopped_early else None, "step_in_epoch": self.state.step_in_epoch}
 
 
-def train(cfg: dict, resume: str | None = None, progress: bool = True) -> dict[str, Any]:
+def train(cfg: dict, resume: str | None = None, progress: bool = True, overwrite: bool = False) -> dict[str, Any]:
     """Run training for a resolved config (see :mod:`mmi.engine.config`); the process group is
-    torn down at the end. Raises :class:`NonFiniteLossError` on a NaN/inf loss."""
+    torn down at the end. ``resume``: a checkpoint, ``"auto"`` or None (see :class:`Trainer`).
+    Raises :class:`NonFiniteLossError` on a NaN/inf loss, :class:`ConfigError` for a new run
+    into a folder holding a run. ``summary["signal"]`` is set when SIGTERM/SIGINT stopped it."""
     try:
-        summary = Trainer(cfg, resume=resume, progress=progress).fit()
+        summary = Trainer(cfg, resume=resume, progress=progress, overwrite=overwrite).fit()
         # every rank finishes before any tears the group down: a gloo peer whose connections
         # close while the main rank still writes its outputs aborts the process (SIGABRT)
         barrier()
