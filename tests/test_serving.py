@@ -104,9 +104,12 @@ def test_a_password_or_the_flag_lets_a_network_address_start(no_launch, tiny_che
 
 
 def test_the_password_is_never_a_flag_and_bad_sources_are_reported(no_launch, tiny_checkpoint, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        app.parse_args(["--password", "visible-in-ps"])
-    capsys.readouterr()
+    for argv in (["--password", "visible-in-ps"], ["--password=visible-in-ps"], ["--passw", "visible-in-ps"]):
+        with pytest.raises(SystemExit):
+            app.parse_args(argv)
+        err = capsys.readouterr().err
+        assert "visible-in-ps" not in err, argv
+        assert "never given on the command line" in err or "ambiguous option: --passw" in err, argv
     empty = tmp_path / "empty"
     empty.write_text("\n\n")
     assert app.main(["--checkpoint", tiny_checkpoint, "--password-file", str(empty)]) == 2

@@ -18,6 +18,7 @@ limits) and what the server logs.
 """
 from __future__ import annotations
 
+import argparse
 import functools
 import ipaddress
 import logging
@@ -204,12 +205,22 @@ ACTIVE: Limits | None = None  # the limits of the running server (for inline ima
 
 # ----------------------------------------------------------------------------- app.py's flags
 
+class _NoPasswordFlag(argparse.Action):
+    """``--password`` is refused (without echoing it): a flag shows in ``ps`` and the shell
+    history. Without it, argparse would take ``--password`` as short for ``--password-file``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"the password is never given on the command line (it would show in ps and the shell "
+                     f"history): set {PASSWORD_ENV} or use --password-file FILE")
+
+
 def add_arguments(p: Any) -> None:
     """The serving flags of ``app.py`` (an argparse parser). There is no password flag."""
     g = p.add_argument_group("serving to a team (password from $%s or a file; see README)" % PASSWORD_ENV)
     g.add_argument("--password-file", default=None,
                    help=f"file holding the password (one line) or 'user:password' lines (or set {PASSWORD_FILE_ENV}); "
                         f"the password itself is never a flag: use {PASSWORD_ENV} or this file")
+    g.add_argument("--password", nargs="?", action=_NoPasswordFlag, help=argparse.SUPPRESS)
     g.add_argument("--user", default=DEFAULT_USER, help="user name of a bare password (default %(default)s)")
     g.add_argument(ALLOW_FLAG, action="store_true",
                    help="serve on a non-loopback --host without a password (refused otherwise)")
