@@ -101,7 +101,7 @@ def make_pool(n: int, seed: int = 0) -> list[tuple[np.ndarray, list[str]]]:
 
 
 def start_server(args, password: str, port: int, max_users: int) -> subprocess.Popen:
-    env = dict(os.environ, MMI_APP_PASSWORD=password, GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(os.environ, MMI_APP_PASSWORD=password, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
     env.pop("MMI_APP_PASSWORD_FILE", None)
     cmd = [sys.executable, os.path.join(ROOT, "app.py"), "--checkpoint", args.checkpoint, "--host", HOST,
            "--port", str(port), "--max-queue", str(max(64, 2 * max_users))] + args.server_args.split()
@@ -184,12 +184,13 @@ def main(argv=None) -> int:
     p.add_argument("--soak", type=float, default=0, help="seconds more at the last level, memory sampled")
     p.add_argument("--time-limit", type=float, default=1800, help="the whole run at most (s); then it stops")
     p.add_argument("--request-timeout", type=float, default=120)
+    p.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for the server to answer")
     p.add_argument("--server-args", default="", help="more app.py flags, e.g. '--model-concurrency 2'")
     p.add_argument("--quick", action="store_true", help="1 and 2 users, 7 s each, no soak (a check that it works)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.quick:
-        args.users, args.seconds, args.soak, args.time_limit = "1,2", 7.0, 0.0, min(args.time_limit, 300)
+        args.users, args.seconds, args.soak, args.time_limit = "1,2", 7.0, 0.0, min(args.time_limit, 900)
     levels = [int(u) for u in args.users.split(",") if u.strip()]
     if not levels or min(levels) < 1 or max(levels) > 256:
         p.error("--users: 1 to 256 users per level")
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
     sampler = Sampler(proc.pid)
     results, soak = [], None
     try:
-        wait_ready(proc, url, timeout=min(300, args.time_limit))
+        wait_ready(proc, url, timeout=min(args.start_timeout, args.time_limit))
         sampler.start()
         counter = [0]
         idle = rss_mb(proc.pid)[0]
