@@ -233,8 +233,8 @@ def test_every_model_event_is_in_one_limited_group(server):
     for api in serving.MODEL_APIS:
         assert named[api].concurrency_id == serving.MODEL_GROUP and named[api].concurrency_limit == 1
     assert named["lab_scene"].concurrency_id != serving.MODEL_GROUP  # no model call: not held up
-    private = [f for f in demo.fns.values() if f.concurrency_id == serving.MODEL_GROUP and not isinstance(f.api_name, str)]
-    assert private  # Shift+Enter in the Segment tab and the scene lab share the limit
+    grouped = [f for f in demo.fns.values() if f.concurrency_id == serving.MODEL_GROUP]
+    assert len(grouped) > len(serving.MODEL_APIS)  # Shift+Enter in the Segment tab and the scene lab share it
 
 
 def test_an_upload_over_the_limit_gets_a_message_and_the_server_keeps_serving(server, small_png, tmp_path):
@@ -245,7 +245,8 @@ def test_an_upload_over_the_limit_gets_a_message_and_the_server_keeps_serving(se
     client = connect(url)
     with pytest.raises(Exception) as err:
         client.predict(handle_file(str(noisy)), "the red cube", 0.5, api_name="/segment")
-    assert "maximum allowed size" in str(err.value) or "413" in str(err.value)
+    # gradio_client checks the limit the server announces; a raw upload gets 413 "maximum allowed size"
+    assert "exceeds the maximum file size of 52428 bytes" in str(err.value) or "maximum allowed size" in str(err.value)
     out = client.predict(handle_file(small_png), "the red cube", 0.5, api_name="/segment")
     assert len(out["expressions"]) == 1
 
