@@ -2,6 +2,9 @@
 
     python app.py --checkpoint weights/mmi_demo.pt [--host 127.0.0.1] [--port 7860] [--device cpu|cuda]
                   [--results RUN/eval/synref_val.json] [--data-root data]
+                  [--password-file FILE] [--max-upload-mb 50] [--max-queue 64] [--model-concurrency 2]
+
+Serving to a team (a password from MMI_APP_PASSWORD or a file, the limits): ``webapp.serving``.
 
 The entry point; the tabs live in the ``webapp`` package (one module per tab, the shared
 predictor and caches in ``webapp.common``): Segment (overlay with outlines, legend, which
@@ -23,7 +26,7 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import sys  # noqa: E402
 
-from webapp import build_app, failure_inputs, launch, load_results, read_examples  # noqa: E402,F401
+from webapp import build_app, failure_inputs, launch, load_results, read_examples, serving  # noqa: E402,F401
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="data root holding the images of --results (synthetic results "
                    "need none: their images are regenerated from the seed)")
     p.add_argument("--cache-size", type=int, default=8, help="images whose features are kept")
+    serving.add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -47,12 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     from mmi.engine.checkpoint import CheckpointError
     from mmi.predictor import Predictor
 
+    try:  # who may use it and the limits, checked before anything is loaded or bound
+        limits, credentials = serving.from_args(args)
+    except serving.ServingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.cache_size)
+        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.cache_size,
+                                              cache_bytes=int(args.cache_mb * 2**20))
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    launch(build_app(predictor, args.results, args.data_root, checkpoint=args.checkpoint), args.host, args.port)
+    launch(build_app(predictor, args.results, args.data_root, checkpoint=args.checkpoint), args.host, args.port,
+           limits=limits, credentials=credentials)
     return 0
 
 

@@ -5,7 +5,8 @@ part (backbone and vision encoder, ``model.encode_image``) once, and decodes eve
 expression of a request together as one batch against those features (batch 1,
 broadcast). The features of the last few images are kept in a small LRU cache keyed by
 a hash of the image's content (pixels, shape and dtype), so a second request on the same
-image only runs the decoder. A lock around the model and the cache makes one predictor
+image only runs the decoder. The cache is bounded in count (``cache_size``) and in bytes
+(``cache_bytes``, default 256 MB); the least recently used images are dropped first. A lock around the model and the cache makes one predictor
 safe to share between threads (a web server's workers).
 
 Per expression it returns a :class:`Prediction`:
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -55,6 +57,7 @@ from .text import Vocabulary
 FULL_RES_PIXELS = 4096 * 4096
 MAX_PIXELS = 120_000_000
 MAX_EXPRESSIONS = 32
+DEFAULT_CACHE_BYTES = 256 * 2**20  # the feature cache's memory bound (alongside its count)
 DISPLAY_SIDE = 1024
 
 
@@ -147,10 +150,31 @@ def load_image(path: str) -> np.ndarray:
             im.load()
             im = ImageOps.exif_transpose(im) or im
             return to_rgb(im)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:  # PIL refuses before decoding: the header's size is too large
+        raise ValueError(f"{name} is too large: {_bomb_size(e)} (limit {MAX_PIXELS:,} pixels)") from None
+    except UnidentifiedImageError:
         raise ValueError(f"{name} is not an image that can be read (expected PNG, JPEG, WebP, BMP, TIFF, ...)") from None
     except (OSError, SyntaxError) as e:
         raise ValueError(f"{name} could not be decoded as an image (truncated or corrupt: {e})") from None
+
+
+def _bomb_size(e: Exception) -> str:
+    """The pixel count in PIL's DecompressionBombError message ("Image size (N pixels) ...")."""
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    return f"{int(m.group(1)):,} pixels" if m else "too many pixels"
+
+
+def feature_bytes(obj: Any) -> int:
+    """Bytes held by the tensors / arrays in a (nested) dict, list or tuple of features."""
+    if isinstance(obj, torch.Tensor):
+        return obj.element_size() * obj.nelement()
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        return sum(feature_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(feature_bytes(v) for v in obj)
+    return 0
 
 
 def image_key(rgb: np.ndarray) -> str:
@@ -302,26 +326,30 @@ class Predictor:
     """
 
     def __init__(self, model: torch.nn.Module, vocab: Vocabulary, device: str | torch.device = "cpu",
-                 cache_size: int = 8, meta: dict | None = None, channels_last: bool = True):
+                 cache_size: int = 8, meta: dict | None = None, channels_last: bool = True,
+                 cache_bytes: int | None = DEFAULT_CACHE_BYTES):
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.vocab, self.meta = vocab, dict(meta or {})
         self.image_size, self.t_max = int(model.image_size), int(model.t_max)
         self.cache_size = int(cache_size)
+        self.cache_bytes = None if cache_bytes is None else int(cache_bytes)  # None: bounded by count only
+        self._cache_sizes: dict[str, int] = {}
         self._cache: OrderedDict[str, tuple[dict, Letterbox]] = OrderedDict()
         self._lock = threading.RLock()
         self.encode_calls = 0  # images encoded (cache misses), for tests and the benchmark
 
     @classmethod
-    def from_checkpoint(cls, path: str, device: str = "cpu", cache_size: int = 8) -> "Predictor":
+    def from_checkpoint(cls, path: str, device: str = "cpu", cache_size: int = 8,
+                        cache_bytes: int | None = DEFAULT_CACHE_BYTES) -> "Predictor":
         """Load an inference (or training) checkpoint with ``weights_only=True``."""
         from .engine.checkpoint import load_inference
 
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but no CUDA device is available")
         model, vocab, meta = load_inference(path, map_location="cpu")
-        return cls(model, vocab, device, cache_size, meta)
+        return cls(model, vocab, device, cache_size, meta, cache_bytes=cache_bytes)
 
     @property
     def num_layers(self) -> int:
@@ -331,6 +359,13 @@ class Predictor:
     def clear_cache(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._cache_sizes.clear()
+
+    @property
+    def cache_nbytes(self) -> int:
+        """Bytes held by the cached image features now."""
+        with self._lock:
+            return sum(self._cache_sizes.values())
 
     def check_expressions(self, expressions: str | Sequence[str]) -> list[str]:
         """The expressions of a request, validated: a str is split into lines (blank lines
@@ -367,9 +402,15 @@ class Predictor:
             with torch.inference_mode():
                 feats = self.model.encode_image(x)
             self.encode_calls += 1
-            self._cache[key] = (feats, lb)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            size = feature_bytes(feats)
+            if self.cache_size > 0 and (self.cache_bytes is None or size <= self.cache_bytes):
+                self._cache[key] = (feats, lb)
+                self._cache_sizes[key] = size
+            # bounded in count and in bytes: the least recently used images go first
+            while self._cache and (len(self._cache) > self.cache_size or
+                                   (self.cache_bytes is not None and sum(self._cache_sizes.values()) > self.cache_bytes)):
+                old, _ = self._cache.popitem(last=False)
+                self._cache_sizes.pop(old, None)
             return feats, lb
 
     def predict(self, image: Any, expressions: str | Sequence[str], threshold: float = 0.5,

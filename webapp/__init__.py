@@ -21,7 +21,7 @@ import gradio as gr  # noqa: E402
 
 from mmi.predictor import Predictor  # noqa: E402
 
-from . import failures, scenelab, segment  # noqa: E402
+from . import failures, scenelab, segment, serving  # noqa: E402
 from .common import CSS, EXAMPLES_DIR, Context, ModelInfo, Results, Workdir, read_examples  # noqa: E402,F401
 from .failures import failure_inputs, load_results  # noqa: E402,F401
 
@@ -49,9 +49,15 @@ def build_app(predictor: Predictor, results: str | None = None, data_root: str |
     return demo
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False) -> None:
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False,
+           limits: "serving.Limits | None" = None, credentials: list | None = None) -> None:
     """Serve ``demo`` on ``host:port`` (no share link; our own error messages shown; the
-    footer keeps the "Use via API" page)."""
-    demo.queue(default_concurrency_limit=2)
+    footer keeps the "Use via API" page) with ``limits`` (:class:`webapp.serving.Limits`,
+    default ones when None) and Gradio's login when ``credentials`` [(user, password)]."""
+    limits = limits or serving.Limits()
+    serving.apply_limits(demo, limits)
+    serving.ACTIVE = limits
+    demo.queue(default_concurrency_limit=2, max_size=limits.max_queue)
+    serving.log.info(serving.describe(host, port, credentials, limits))
     demo.launch(server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block,
-                max_file_size="250mb", quiet=quiet, footer_links=["api"], css=CSS)
+                quiet=quiet, footer_links=["api"], css=CSS, **serving.launch_kwargs(limits, credentials))

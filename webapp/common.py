@@ -89,6 +89,9 @@ def image_file(payload: Any, workdir: "Workdir | None" = None) -> str | None:
         return str(get("path"))
     url = get("url") or ""
     if url.startswith("data:") and "," in url:
+        from . import serving
+
+        serving.inline_image_ok(len(url), serving.ACTIVE)
         folder = workdir.fresh() if workdir else tempfile.mkdtemp(prefix="mmi_app_")
         path = os.path.join(folder, "pasted_image")
         with open(path, "wb") as f:
