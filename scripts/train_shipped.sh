@@ -17,11 +17,7 @@ EPOCHS=${EPOCHS:-11}
 
 [ -d "$DATA/synref" ] || $PY -m mmi.data.synthetic --out "$DATA" --images 12000 --seed 0
 
-if [ -f "$STAGE1/last.pt" ]; then
-  $PY train.py --resume "$STAGE1/last.pt" --set train.time_budget_min=null
-else
-  $PY train.py --config configs/demo_synref.json --set data.root="$DATA" output="$STAGE1" train.time_budget_min=null
-fi
+$PY train.py --config configs/demo_synref.json --resume auto --set data.root="$DATA" output="$STAGE1" train.time_budget_min=null
 
 if [ -f "$STAGE2/last.pt" ]; then
   $PY train.py --resume "$STAGE2/last.pt"
