@@ -229,16 +229,13 @@ def test_sigterm_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(synref, 
 # ----------------------------------------------------------------------------- torchrun restarts
 
 def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = open(f"/proc/{entry}/stat").read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry))
-    return kids
+    """The child processes of ``pid`` (the GPU check's /proc reader, stdlib only)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", os.path.join(ROOT, "scripts", "gpu_check.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod._children(pid)
 
 
 def _rank_of(pid: int) -> int | None:
