@@ -126,7 +126,7 @@ def main(argv=None) -> None:
 
     from tqdm import tqdm
 
-    from ..data import build_dataset
+    from ..data import build_dataset, normalization
     from ..engine.config import load_config
     from ..text import Vocabulary
     from .presets import build_model
@@ -148,7 +148,7 @@ def main(argv=None) -> None:
     d = cfg["data"]
     for split in (d["train_split"], d["val_split"]):
         ds = build_dataset(d["dataset"], d["root"], split, model.image_size, Vocabulary([]), model.t_max, train=False,
-                           image_dir=d["image_dir"], split_by=d["split_by"])
+                           image_dir=d["image_dir"], split_by=d["split_by"], normalization=normalization(model.config))
         first: dict[int, int] = {}
         for i in range(len(ds)):
             first.setdefault(int(ds.ref(i)["image_id"]), i)
