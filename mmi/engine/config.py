@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.0,
         "schedule": "step",          # step | constant | cosine (over all epochs, after the warm-up)
         "final_factor": 0.0,         # cosine: lr multiplier reached at the last step
+        "cosine_over": "steps",      # cosine: over the run's steps, or "time": over train.time_budget_min
         "milestones": [40, 45],      # epochs at which lr is multiplied by gamma
         "gamma": 0.1,
         "warmup_epochs": 0,          # linear warm-up, in epochs ...
@@ -211,6 +212,12 @@ def validate(cfg: dict) -> None:
              f"must be a number >= 0, got {o['backbone_lr_mult']!r}")
     _require(o["schedule"] in ("step", "constant", "cosine"), "optim.schedule",
              f"unknown schedule {o['schedule']!r}; choose step, constant or cosine")
+    _require(o["cosine_over"] in ("steps", "time"), "optim.cosine_over",
+             f"choose steps or time, got {o['cosine_over']!r}")
+    if o["cosine_over"] == "time":
+        _require(o["schedule"] == "cosine", "optim.cosine_over", "'time' needs optim.schedule=cosine")
+        _require(isinstance(t["time_budget_min"], (int, float)) and t["time_budget_min"] > 0, "train.time_budget_min",
+                 "optim.cosine_over=time needs a positive time budget (minutes): the cosine ends when it is spent")
     _require(isinstance(o["final_factor"], (int, float)) and 0 <= o["final_factor"] <= 1, "optim.final_factor",
              f"must be a number in [0, 1], got {o['final_factor']!r}")
     _require(isinstance(o["milestones"], list) and all(isinstance(x, int) for x in o["milestones"]),

