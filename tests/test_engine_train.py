@@ -206,3 +206,65 @@ def test_amp_auto_follows_the_cpu_flags(monkeypatch):
     assert precision.resolve_amp("auto", cpu) == "bf16"
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"amx_bf16"}))
     assert precision.resolve_amp("auto", cpu) == "bf16"
+
+
+def test_lr_factor_cosine_over_time_progress():
+    o = {"warmup_iters": 4, "warmup_epochs": 0, "warmup_factor": 0.0, "schedule": "cosine", "milestones": [],
+         "gamma": 0.1, "final_factor": 0.1}
+    # the warm-up stays in steps; the cosine follows the fraction of the budget spent, not the step
+    assert lr_factor(2, 10, o, None, progress=0.0) == pytest.approx(0.5)
+    assert lr_factor(100, 10, o, None, progress=0.5) == pytest.approx(0.55)
+    assert lr_factor(5, 10, o, None, progress=1.0) == pytest.approx(0.1)
+    assert lr_factor(5, 10, o, None, progress=3.0) == pytest.approx(0.1)  # past the budget: the final factor
+
+
+def test_cosine_over_time_needs_a_budget(root, tmp_path):
+    from mmi.engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match="time_budget_min"):
+        _cfg(root, str(tmp_path / "a"), "optim.schedule=cosine", "optim.cosine_over=time")
+    with pytest.raises(ConfigError, match="optim.cosine_over"):
+        _cfg(root, str(tmp_path / "a"), "optim.cosine_over=time", "train.time_budget_min=1")  # schedule step
+    with pytest.raises(ConfigError, match="optim.cosine_over"):
+        _cfg(root, str(tmp_path / "a"), "optim.schedule=cosine", "optim.cosine_over=minutes")
+
+
+def test_cosine_over_time_ends_the_run_with_validation(root, tmp_path):
+    """At the budget's end the run closes its partial epoch: validation, best.pt, lr at the final factor."""
+    out = str(tmp_path / "t")
+    s = train(_cfg(root, out, "train.epochs=1000", "optim.schedule=cosine", "optim.cosine_over=time",
+                   "optim.final_factor=0.05", "optim.warmup_iters=0", "train.time_budget_min=0.02"),
+              progress=False)
+    assert s["stopped_early"] and s["signal"] is None
+    rows = [json.loads(x) for x in open(os.path.join(out, "log.jsonl"))]
+    events = [r.get("message") for r in rows if r["kind"] == "event"]
+    assert "time budget reached (end of the cosine)" in events
+    assert [r for r in rows if r["kind"] == "val"], "the schedule's end is validated"
+    assert os.path.exists(os.path.join(out, "best.pt"))
+    ck = load_training(os.path.join(out, "last.pt"))
+    assert ck["meta"]["time_progress"] == pytest.approx(1.0)
+    lr = ck["optimizer"]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(0.003 * 0.05, rel=1e-3)
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoint(root, tmp_path):
+    """train.init_from: a fresh run (new optimiser, step 0) with another checkpoint's weights and
+    vocabulary, e.g. its backbone frozen; a checkpoint of another architecture is refused by name."""
+    from mmi.engine.checkpoint import export_inference
+    from mmi.engine.config import ConfigError
+    from mmi.engine.trainer import Trainer
+
+    train(_cfg(root, str(tmp_path / "a"), "train.epochs=1"), progress=False)
+    export_inference(str(tmp_path / "a" / "last.pt"), str(tmp_path / "a.pt"))
+    src = load_inference(str(tmp_path / "a.pt"))
+    tr = Trainer(_cfg(root, str(tmp_path / "b"), f"train.init_from={tmp_path / 'a.pt'}",
+                      "model.overrides.frozen_backbone=true"), progress=False)
+    assert tr.state.step == 0 and tr.vocab.words == src[1].words
+    for k, v in src[0].state_dict().items():
+        assert torch.equal(tr.model.state_dict()[k], v), k
+    assert all(not p.requires_grad for p in tr.model.backbone.parameters())
+    with pytest.raises(ConfigError, match="train.init_from"):
+        Trainer(_cfg(root, str(tmp_path / "c"), f"train.init_from={tmp_path / 'a.pt'}", "model.overrides.dim=48",
+                     "model.overrides.heads=2"), progress=False)
+    with pytest.raises(ConfigError, match="train.init_from"):
+        Trainer(_cfg(root, str(tmp_path / "d"), f"train.init_from={tmp_path / 'missing.pt'}"), progress=False)

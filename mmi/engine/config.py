@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
         "log_every": 10,             # steps between log.jsonl lines
         "cache_backbone_gb": 0.0,    # with model.overrides.frozen_backbone: memo its outputs (GB of RAM, fp16)
         "feature_cache_file": None,  # ... read at the start and written after each epoch (feature_cache.py)
+        "init_from": None,           # a checkpoint (inference or training) whose weights and vocabulary start a new run
         "sync_bn": False,            # SyncBatchNorm across GPUs (CUDA only)
         "find_unused_parameters": False,
         "deterministic": False,      # deterministic cuDNN/cuBLAS kernels (slower; for exact GPU comparisons)
@@ -272,6 +273,8 @@ def check_paths(cfg: dict, splits: Sequence[str] | None = None, resume: bool = F
     ]
     if cfg["word_vectors"]["source"] == "glove":
         checks.append(("word_vectors.glove", cfg["word_vectors"]["glove"], False))
+    if cfg["train"]["init_from"] and not resume:
+        checks.append(("train.init_from", cfg["train"]["init_from"], False))
     for key, path, is_dir in checks:
         ok = os.path.isdir(path) if is_dir else os.path.isfile(path)
         if not ok:

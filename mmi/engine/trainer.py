@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..data import build_dataset, collate, normalization
 from ..model import build_model, build_model_from_config, resolve_config
 from ..text import Vocabulary, word_vectors
-from .checkpoint import (CheckpointError, get_rng_state, load_training, remove_partial_files, save_training,
-                         set_rng_state)
+from .checkpoint import (CheckpointError, get_rng_state, load_training, read_checkpoint, remove_partial_files,
+                         save_training, set_rng_state)
 from .config import ConfigError, check_paths, model_overrides, save_config
 from .distributed import (DistInfo, SkipSampler, all_gather_objects, all_reduce_max_list, all_reduce_mean, barrier,
                           broadcast_object, cleanup, init_distributed)
@@ -153,6 +153,8 @@ class Trainer:
         resume, self.partial_removed = self._resolve_start(resume, overwrite)
         self.signal = 0  # set by the SIGTERM/SIGINT handler during fit()
         ckpt = load_training(resume) if resume else None
+        # train.init_from (a new run only): weights and vocabulary of another checkpoint
+        self.init = read_checkpoint(t["init_from"]) if t["init_from"] and not ckpt else None
         self.state = _State()
         set_seed(int(t["seed"]))  # the same initial weights on every rank
 
@@ -240,7 +242,8 @@ class Trainer:
         if t["val_every"] > 0:
             self.val_ds = build_dataset(d["dataset"], d["root"], d["val_split"], mc["image_size"], None, mc["t_max"],
                                         train=False, **common)
-        self.vocab = Vocabulary(ckpt["vocab"]) if ckpt else Vocabulary.from_sentences(self.train_ds.sentences())
+        source = ckpt or self.init
+        self.vocab = Vocabulary(source["vocab"]) if source else Vocabulary.from_sentences(self.train_ds.sentences())
         for ds in (self.train_ds, self.val_ds):
             if ds is not None:
                 ds.set_vocab(self.vocab)
@@ -254,6 +257,17 @@ class Trainer:
             model.load_state_dict(ckpt["model"])
             self.vectors = ckpt.get("meta", {}).get("word_vectors", "from checkpoint")
             self.backbone_weights = ckpt.get("meta", {}).get("backbone_weights", "not recorded")
+        elif self.init:
+            model = build_model(self.cfg["model"]["preset"], len(self.vocab), **dict(over, backbone_weights="random"))
+            try:
+                model.load_state_dict(self.init["model"])
+            except RuntimeError as e:
+                raise ConfigError(f"config key 'train.init_from': the weights of {t['init_from']} do not fit the "
+                                  f"architecture of model.preset/model.overrides ({str(e).splitlines()[0]}); "
+                                  f"give the overrides it was trained with") from None
+            meta = self.init.get("meta") or {}
+            self.vectors = f"from {t['init_from']}"
+            self.backbone_weights = {"init_from": t["init_from"], "was": meta.get("backbone_weights", "not recorded")}
         else:
             model = build_model(self.cfg["model"]["preset"], len(self.vocab), **over)
             self.backbone_weights = model.backbone_weights_record  # "random" or {file, sha256, ...}
@@ -351,6 +365,8 @@ class Trainer:
         self.lr_used = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.by_time:  # the fraction of the budget spent sets the next step's lr
+            self.progress_spent = min(1.0, (time.time() - self.budget_start) / (60 * float(t["time_budget_min"])))
         self.scheduler.step()
         return parts
 
@@ -408,6 +424,7 @@ class Trainer:
         start_time = time.time()
         if self.by_time:  # a resumed leg continues the budget (and the cosine) where the last one stopped
             start_time -= self.progress_spent * 60 * float(budget)
+        self.budget_start = start_time
         stopped_early = False
         bs = int(self.cfg["data"]["batch_size"]) * self.info.world_size
         first_epoch = self.state.epoch
@@ -447,8 +464,6 @@ class Trainer:
                                     loss_lfr=vals[2], lr=self.lr_used, images_per_s=round(speed, 2))
                 if t["save_every_steps"] and self.state.step % int(t["save_every_steps"]) == 0:
                     self.save("last.pt")
-                if self.by_time:
-                    self.progress_spent = min(1.0, (time.time() - start_time) / (60 * float(budget)))
                 if self._stop_requested(budget is not None and time.time() - start_time > 60 * float(budget)):
                     stopped_early = True
                     break

@@ -141,7 +141,15 @@ def main(argv=None) -> None:
     if not path:
         raise SystemExit("the config sets no train.feature_cache_file")
     over = dict(cfg["model"]["overrides"])
-    model = build_model(cfg["model"]["preset"], 2, **over).eval()
+    init = cfg["train"]["init_from"]
+    if init:  # the backbone of the run's starting checkpoint (its weights make the cache's fingerprint)
+        from ..engine.checkpoint import read_checkpoint
+
+        state = read_checkpoint(init)["model"]
+        model = build_model(cfg["model"]["preset"], 2, **dict(over, backbone_weights="random")).eval()
+        model.backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+    else:
+        model = build_model(cfg["model"]["preset"], 2, **over).eval()
     cache = FeatureCache(int(float(cfg["train"]["cache_backbone_gb"]) * 2**30) or 2**62)
     if os.path.exists(path):
         print(f"{path}: {cache.load(path, model.backbone)} entries already there")
