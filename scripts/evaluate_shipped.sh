@@ -2,10 +2,10 @@
 # Export the shipped checkpoint from a run (best.pt, else last.pt) and measure it: every synthetic
 # split and the language probes (empty / mismatched expressions) on val; tables in RUN/eval/summary.md;
 # the app's shipped validation results in assets/results/synref_val_shipped.json.
-#   bash scripts/evaluate_shipped.sh [RUN_DIR=runs/demo_synref_long] [DATA_ROOT=data]
+#   bash scripts/evaluate_shipped.sh [RUN_DIR=runs/demo_synref_stage2] [DATA_ROOT=data]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=${1:-runs/demo_synref_long}
+RUN=${1:-runs/demo_synref_stage2}
 DATA=${2:-data}
 PY=${PY:-.venv/bin/python}
 OUT=$RUN/eval
