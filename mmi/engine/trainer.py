@@ -485,6 +485,9 @@ class Trainer:
                 self.logger.log("event", epoch + 1, self.state.step, message="time budget reached")
                 break
             if schedule_end:  # the run is complete: close the partial epoch with validation and best.pt
+                self.progress_spent = 1.0  # the budget may run out between the last step's lr update and this check
+                for g, lam, base in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, self.scheduler.base_lrs):
+                    g["lr"] = base * lam(self.scheduler.last_epoch)
                 self.logger.log("event", epoch + 1, self.state.step, message="time budget reached (end of the cosine)",
                                 step_in_epoch=self.state.step_in_epoch)
             self.state.epoch, self.state.step_in_epoch = epoch + 1, 0
