@@ -365,8 +365,6 @@ class Trainer:
         self.lr_used = self.optimizer.param_groups[0]["lr"]
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.by_time:  # the fraction of the budget spent sets the next step's lr
-            self.progress_spent = min(1.0, (time.time() - self.budget_start) / (60 * float(t["time_budget_min"])))
         self.scheduler.step()
         return parts
 
@@ -395,9 +393,16 @@ class Trainer:
 
     def _stop_requested(self, over_budget: bool) -> bool:
         """Collective: True on every rank when any rank is over the time budget or got a signal
-        (``self.signal`` then holds that signal on every rank)."""
-        over, sig = all_reduce_max_list([float(over_budget), float(self.signal)], self.device)
+        (``self.signal`` then holds that signal on every rank). With ``optim.cosine_over=time``
+        it also sets ``self.progress_spent`` (the largest fraction of the budget spent on any
+        rank), which the next scheduler step reads: every rank gets the same lr."""
+        progress = 0.0
+        if self.by_time:
+            progress = min(1.0, (time.time() - self.budget_start) / (60 * float(self.cfg["train"]["time_budget_min"])))
+        over, sig, progress = all_reduce_max_list([float(over_budget), float(self.signal), progress], self.device)
         self.signal = int(sig)
+        if self.by_time:
+            self.progress_spent = max(self.progress_spent, progress)
         return bool(over) or self.signal != 0
 
     def _stopped_by_signal(self, epoch: int) -> None:
