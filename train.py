@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from mmi.data import DatasetError
     from mmi.engine.checkpoint import CheckpointError, export_inference, load_training
-    from mmi.engine.config import ConfigError, apply_layer, check_paths, load_config, validate, DEFAULTS
+    from mmi.engine.config import ConfigError, apply_layer, load_config, validate, DEFAULTS
 
     try:
         if args.export:
@@ -101,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
             validate(cfg)
         else:
             cfg = load_config(args.config, args.set)
-        check_paths(cfg, resume=bool(args.resume))
         from mmi.engine.trainer import NonFiniteLossError, train
 
         try:

@@ -54,7 +54,7 @@ def free_port() -> int:
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) of a process in MB (0 when gone)."""
+    """(VmRSS, VmHWM) of a process in MiB (0 when gone)."""
     vals = {"VmRSS": 0.0, "VmHWM": 0.0}
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -68,7 +68,7 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 class Sampler(threading.Thread):
-    """The server's RSS every ``every`` seconds: [(time, MB)]."""
+    """The server's RSS every ``every`` seconds: [(time, MiB)]."""
 
     def __init__(self, pid: int, every: float = 1.0):
         super().__init__(daemon=True)
@@ -220,7 +220,7 @@ def main(argv=None) -> int:
             r["rss_end_mb"] = round(rss_mb(proc.pid)[0], 1)
             results.append(r)
             print(f"{n:>3} users: {r['requests']} requests, {r['requests_per_s']:.2f}/s, median {r['median_s']} s, "
-                  f"p95 {r['p95_s']} s, errors {r['errors']}, peak RSS {r['rss_peak_mb']} MB", file=sys.stderr)
+                  f"p95 {r['p95_s']} s, errors {r['errors']}, peak RSS {r['rss_peak_mb']} MiB", file=sys.stderr)
         if args.soak > 0 and results and len(results) == len(levels):
             left = args.time_limit - (time.time() - t_begin) - 30
             seconds = min(args.soak, left)
@@ -249,15 +249,15 @@ def main(argv=None) -> int:
               "levels": [{k: v for k, v in r.items() if k not in ("start", "end")} for r in results],
               "soak": soak and {k: v for k, v in soak.items() if k not in ("start", "end")},
               "server_log": os.path.join(args.workdir, "server.log")}
-    print("| users | requests | req/s | median s | p95 s | peak RSS MB | errors |")
+    print("| users | requests | req/s | median s | p95 s | peak RSS MiB | errors |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in report["levels"]:
         print(f"| {r['users']} | {r['requests']} | {r['requests_per_s']:.2f} | {r['median_s']} | {r['p95_s']} | "
               f"{r['rss_peak_mb']} | {r['errors']} |")
     if soak:
         print(f"\nsoak: {soak['users']} users for {soak['seconds']} s, {soak['requests']} requests, "
-              f"{soak['errors']} errors; RSS first minute {soak['rss_first_minute_mb']} MB, "
-              f"last minute {soak['rss_last_minute_mb']} MB, peak {soak['rss_peak_mb']} MB")
+              f"{soak['errors']} errors; RSS first minute {soak['rss_first_minute_mb']} MiB, "
+              f"last minute {soak['rss_last_minute_mb']} MiB, peak {soak['rss_peak_mb']} MiB")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -5,14 +5,14 @@
 # Prerequisite (here, with PyPI): python scripts/fetch_wheels.py fills .whl/ (16 MiB), which the
 # device call carries; on a machine that has the packages, the wheels are not needed.
 # Steps (each one's seconds in $OUT/steps.txt):
-#   1. wheels: unzipped into /tmp/site when a package is missing
+#   1. wheels: unzipped into $WORK/site when a package is missing
 #   2. data: a SMOKE_IMAGES-image world for the smoke test, then the training world (IMAGES images,
 #      seed 1: none of the seed-0 evaluation scenes) in the background
 #   3. smoke test (on the small world, 8 steps + validation) in bf16; if it fails, in fp32,
 #      and the runs use what passed
 #   4. the runs of VARIANTS at once on the one GPU (each "name:KEY=VALUE,KEY=VALUE"), their
 #      time budget what the deadline leaves (at most BUDGET_MIN), each under `timeout`
-#   5. each run's best.pt exported (inference-only, fp32), split in 12 MB parts for the
+#   5. each run's best.pt exported (exit status 1 when a run or an export failed) (inference-only, fp32), split in 12 MB parts for the
 #      device tool's 16 MiB file limit (join: cat NAME.pt.part-* > NAME.pt), logs in logs.tar.gz
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -85,8 +85,9 @@ for v in $VARIANTS; do
       > "$WORK/logs/train_$name.log" 2>&1 &
   PIDS+=($!)
 done
-for p in "${PIDS[@]}"; do wait "$p"; done
-step "runs finished"
+FAILED=0
+for p in "${PIDS[@]}"; do wait "$p" || FAILED=1; done
+step "runs finished$([ $FAILED = 0 ] || echo ' (at least one failed: see its train_NAME.log)')"
 
 # 5. export, pack
 for v in $VARIANTS; do
@@ -97,6 +98,8 @@ for v in $VARIANTS; do
   if [ -f "$src" ] && $PY train.py --export "$src" --out "$run/mmi.pt" > "$WORK/logs/export_$name.log" 2>&1; then
     split -b 12000000 "$run/mmi.pt" "$OUT/$name.pt.part-"
     sha256sum "$run/mmi.pt" >> "$WORK/logs/sha256.txt"
+  else
+    FAILED=1; echo "error: no checkpoint exported for $name"
   fi
   echo "== $name"; grep '"val"' "$run/log.jsonl" 2>/dev/null | $PY -c "
 import json, sys
@@ -108,3 +111,4 @@ done
 step "done"
 tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs
 ls -la "$OUT"
+exit $FAILED

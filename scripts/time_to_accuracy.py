@@ -1,7 +1,7 @@
 """Time to accuracy, as MLPerf measures training: wall-clock from a fresh start to the
 first validation at or above each target oIoU, read from one run's log.jsonl.
 
-    python scripts/time_to_accuracy.py runs/demo_synref_fast/log.jsonl [--prep runs/demo_synref_fast/prep.json]
+    python scripts/time_to_accuracy.py runs/demo_synref_fast/log.jsonl [--prep runs/demo_synref_fast.prep.json]
 
 A run resumed from last.pt is several processes ("legs"), each opening with a start or
 resume event; the clock counts each leg from its event to its last line, so time between

@@ -268,3 +268,15 @@ def test_init_from_starts_a_new_run_from_a_checkpoint(root, tmp_path):
                      "model.overrides.heads=2"), progress=False)
     with pytest.raises(ConfigError, match="train.init_from"):
         Trainer(_cfg(root, str(tmp_path / "d"), f"train.init_from={tmp_path / 'missing.pt'}"), progress=False)
+
+
+def test_a_finished_time_budget_run_resumes_to_nothing(root, tmp_path):
+    """A run whose cosine over time has ended is complete: --resume trains no further step."""
+    out = str(tmp_path / "t")
+    extra = ("train.epochs=1000", "optim.schedule=cosine", "optim.cosine_over=time", "optim.warmup_iters=0",
+             "train.time_budget_min=0.01")
+    first = train(_cfg(root, out, *extra), progress=False)
+    again = train(_cfg(root, out, *extra), resume="auto", progress=False)
+    assert again["step"] == first["step"] and not again["stopped_early"]
+    rows = [json.loads(x) for x in open(os.path.join(out, "log.jsonl"))]
+    assert rows[-2].get("message") == "time budget already spent"

@@ -22,6 +22,7 @@ import argparse
 import functools
 import ipaddress
 import logging
+import math
 import os
 import stat
 import time
@@ -53,8 +54,8 @@ class Limits:
     log_requests: bool = False
 
     def __post_init__(self):
-        if not self.max_upload_mb > 0:
-            raise ServingError(f"--max-upload-mb must be positive, got {self.max_upload_mb}")
+        if not (math.isfinite(self.max_upload_mb) and self.max_upload_mb > 0):
+            raise ServingError(f"--max-upload-mb must be a positive number, got {self.max_upload_mb}")
         if self.max_queue < 1:
             raise ServingError(f"--max-queue must be at least 1, got {self.max_queue}")
         if self.model_concurrency < 1:
@@ -73,6 +74,8 @@ def _parse_password_file(path: str, user: str) -> list[tuple[str, str]]:
             lines = [line.rstrip("\r\n") for line in f if line.strip() and not line.lstrip().startswith("#")]
     except OSError as e:
         raise ServingError(f"cannot read the password file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ServingError(f"the password file {path} is not UTF-8 text") from None
     if not lines:
         raise ServingError(f"the password file {path} holds no password")
     try:
@@ -239,8 +242,8 @@ def add_arguments(p: Any) -> None:
 def from_args(args: Any, environ: Mapping[str, str] | None = None) -> tuple[Limits, list[tuple[str, str]] | None]:
     """(limits, credentials) of parsed flags; ServingError when the server must not start
     (a bad limit, an unreadable password file, a non-loopback host without a password)."""
-    if not args.cache_mb > 0:
-        raise ServingError(f"--cache-mb must be positive, got {args.cache_mb}")
+    if not (math.isfinite(args.cache_mb) and args.cache_mb > 0):
+        raise ServingError(f"--cache-mb must be a positive number, got {args.cache_mb}")
     limits = Limits(args.max_upload_mb, args.max_queue, args.model_concurrency, args.log_requests)
     credentials = read_credentials(args.password_file, args.user, environ)
     check_before_launch(args.host, credentials, args.allow_no_password)

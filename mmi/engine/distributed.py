@@ -102,14 +102,6 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return t / dist.get_world_size()
 
 
-def all_reduce_max(value: float, device: torch.device) -> float:
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
-
-
 def all_reduce_max_list(values: list[float], device: torch.device) -> list[float]:
     """Element-wise maximum of ``values`` over processes (one all-reduce)."""
     if not (dist.is_available() and dist.is_initialized()):

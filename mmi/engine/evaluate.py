@@ -80,8 +80,9 @@ def _expression_type(dataset: Any, meta: dict) -> str | None:
     return None
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Workers leave SIGINT/SIGTERM to the main process (a training run saves on them)."""
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which finishes its step
+    and saves (a worker dead of Ctrl-C would fail the next batch)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -113,7 +114,7 @@ def evaluate(model: torch.nn.Module, dataset: Any, device: torch.device, *, thre
     data = dataset if n == len(dataset) else Subset(dataset, range(n))
     sampler = ShardSampler(n, info.rank, info.world_size)
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                        pin_memory=device.type == "cuda", worker_init_fn=_ignore_stop_signals if workers else None)
+                        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals if workers else None)
     was_training = model.training
     model.eval()
     start = time.time()

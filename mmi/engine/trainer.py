@@ -43,7 +43,7 @@ from .config import ConfigError, check_paths, model_overrides, save_config
 from .distributed import (DistInfo, SkipSampler, all_gather_objects, all_reduce_max_list, all_reduce_mean, barrier,
                           broadcast_object, cleanup, init_distributed)
 from .output import AUTO, resolve_start
-from .evaluate import autocast, evaluate
+from .evaluate import autocast, evaluate, ignore_stop_signals
 from .precision import resolve_amp
 from .runlog import RunLogger, plot_curves
 
@@ -60,13 +60,6 @@ def set_deterministic() -> None:
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process, which finishes its step
-    and saves (a worker dead of Ctrl-C would fail the next batch)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def set_seed(seed: int) -> None:
@@ -136,7 +129,9 @@ class Trainer:
         else a fresh run) or None (a fresh run: refused when ``output`` holds a run, unless
         ``overwrite``, which removes that run's files first)."""
         self.cfg, self.progress = cfg, progress
-        check_paths(cfg, resume=bool(resume))  # fail before any work, naming the missing path
+        # fail before any work, naming the missing path; "auto" without a last.pt is a fresh run
+        resuming = bool(resume) and (resume != AUTO or os.path.exists(os.path.join(cfg["output"], "last.pt")))
+        check_paths(cfg, resume=resuming)
         t, d = cfg["train"], cfg["data"]
         self.vectors = "from checkpoint"
         self.info: DistInfo = init_distributed(t["device"])
@@ -162,6 +157,7 @@ class Trainer:
         # on resume the checkpoint's architecture wins (and so its S and T)
         self._build_data(ckpt["config"] if ckpt else resolve_config(cfg["model"]["preset"], 2, **over), ckpt)
         self._build_model(over, ckpt)
+        self.init = None  # only the set-up needs it
 
         self.sampler = DistributedSampler(self.train_ds, num_replicas=self.info.world_size, rank=self.info.rank,
                                           shuffle=True, seed=int(t["seed"]), drop_last=False)
@@ -428,6 +424,9 @@ class Trainer:
         epochs, budget = int(t["epochs"]), t["time_budget_min"]
         start_time = time.time()
         if self.by_time:  # a resumed leg continues the budget (and the cosine) where the last one stopped
+            if self.progress_spent >= 1.0:  # its cosine has ended: the run is complete, nothing to train
+                self.logger.log("event", self.state.epoch, self.state.step, message="time budget already spent")
+                return self.finish(False)
             start_time -= self.progress_spent * 60 * float(budget)
         self.budget_start = start_time
         stopped_early = False

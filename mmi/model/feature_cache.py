@@ -110,9 +110,12 @@ class FeatureCache:
         added = 0
         for j, key in enumerate(data["keys"].numpy()):
             k = key.tobytes()
-            if k in self.store or self.bytes >= self.max_bytes:
+            if self.bytes >= self.max_bytes:
+                break
+            if k in self.store:
                 continue
-            stored = [lv[j].to(self.dtype) for lv in data["levels"]]
+            # copies: a view would keep the whole loaded file alive beyond max_bytes
+            stored = [lv[j].to(self.dtype, copy=True) for lv in data["levels"]]
             self.store[k] = stored
             self.bytes += sum(t.numel() * t.element_size() for t in stored)
             added += 1
