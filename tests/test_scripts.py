@@ -282,3 +282,31 @@ def test_gpu_ablation_variants_are_valid_runs_of_the_gpu_recipe():
         assert (o["attention"], o["imi"], o["lfr"]) == expect[name], name
         assert o["word_gate"] is False and cfg["data"]["workers"] == 2
         assert o.get("fusion", "product") == ("order_free" if name == "all_order_free" else "product")
+
+
+def test_gpu_pipeline_bench_measures_step_and_loader_at_toy_sizes(tmp_path):
+    """bench/bench_gpu_pipeline.py (the step-versus-loader bench run on a lent GPU) on the CPU with
+    the tiny preset: one row per batch size and per loader process count, positive rates, JSON
+    written; the loader never runs out on a split smaller than the timed batches."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = json.loads((ROOT / "configs" / "demo_synref_gpu.json").read_text())
+    cfg["model"]["preset"] = "tiny"
+    cfg["data"].update(batch_size=4, workers=0)
+    config = tmp_path / "tiny_gpu.json"
+    config.write_text(json.dumps(cfg))
+    world = tmp_path / "world"
+    subprocess.run([sys.executable, "-m", "mmi.data.synthetic", "--out", str(world), "--images", "20", "--seed", "2",
+                    "--quiet"], check=True, capture_output=True, cwd=ROOT)
+    out = tmp_path / "bench.json"
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu_pipeline.py"), "--config", str(config),
+                          "--data-root", str(world), "--batches", "2", "3", "--steps", "1", "--workers", "0", "1",
+                          "--loader-batches", "20", "--device", "cpu", "--out", str(out)],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["batch"], r["workers"]) for r in rows] == [(2, None), (3, None), (4, 0), (4, 1)]
+    assert all(r["images_per_s"] > 0 for r in rows)
+    assert "| data loader to the device | 4 | 1 |" in res.stdout
