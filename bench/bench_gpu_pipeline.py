@@ -3,7 +3,7 @@ batches already on the device) at several batch sizes, against the data loader a
 config's dataset, collate and workers, batches copied to the device), each in images/s.
 
     python bench/bench_gpu_pipeline.py --config configs/demo_synref_gpu.json --data-root DATA \
-        --batches 64 128 256 --workers 7 14 --out runs/bench_gpu_pipeline.json
+        --batches 64 128 256 --workers 7 14 --transfers float uint8 --out runs/bench_gpu_pipeline.json
 
 The model step runs as the trainer runs it (autocast of train.amp, channels-last if the config
 says so, AdamW, one loss.item() per step: the trainer's per-step sync). If the model step at the
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_train import batch as random_batch, sync  # noqa: E402
-from mmi.data import build_dataset, collate, normalization  # noqa: E402
+from mmi.data import build_dataset, collate, normalization, normalize_uint8  # noqa: E402
 from mmi.engine.config import load_config, model_overrides  # noqa: E402
 from mmi.engine.evaluate import autocast  # noqa: E402
 from mmi.model import build_model, resolve_config  # noqa: E402
@@ -57,12 +57,13 @@ def model_step_rate(cfg: dict, b: int, steps: int, device: torch.device, vocab_s
     return steps * b / (time.perf_counter() - start)
 
 
-def loader_rate(cfg: dict, root: str, b: int, workers: int, batches: int, device: torch.device) -> float:
-    """Images/s the config's training loader delivers to ``device`` (pinned, non-blocking copies)."""
+def loader_rate(cfg: dict, root: str, b: int, workers: int, batches: int, device: torch.device, uint8: bool) -> float:
+    """Images/s the config's training loader delivers to ``device`` (pinned, non-blocking copies),
+    float32 items or uint8 ones normalised on the device (``data.uint8_transfer``)."""
     mc = resolve_config(cfg["model"]["preset"], 1000, **model_overrides(cfg))
     d = cfg["data"]
     ds = build_dataset(d["dataset"], root, d["train_split"], mc["image_size"], None, mc["t_max"], train=True,
-                       image_dir=d.get("image_dir"), split_by=d.get("split_by"), normalization=normalization(mc))
+                       image_dir=d.get("image_dir"), split_by=d.get("split_by"), normalization=normalization(mc), uint8=uint8)
     ds.set_vocab(Vocabulary.from_sentences(ds.sentences()))
     sampler = RandomSampler(ds, replacement=True, num_samples=(batches + 2) * b)  # never runs out on a small split
     loader = DataLoader(ds, batch_size=b, sampler=sampler, num_workers=workers, collate_fn=collate, drop_last=True,
@@ -73,8 +74,10 @@ def loader_rate(cfg: dict, root: str, b: int, workers: int, batches: int, device
             sync(device)
             start = time.perf_counter()
         item = next(it)
-        for k in ("image", "mask"):
-            item[k].to(device, non_blocking=True)
+        image = item["image"].to(device, non_blocking=True)
+        if uint8:
+            normalize_uint8(image, normalization(mc))
+        item["mask"].to(device, non_blocking=True).float()
     sync(device)
     return batches * b / (time.perf_counter() - start)
 
@@ -86,6 +89,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 128, 256])
     ap.add_argument("--steps", type=int, default=30, help="timed model steps per batch size")
     ap.add_argument("--workers", type=int, nargs="+", default=[7, 14])
+    ap.add_argument("--transfers", nargs="+", default=["float", "uint8"], choices=["float", "uint8"],
+                    help="how the loader's batches travel (data.uint8_transfer)")
     ap.add_argument("--loader-batches", type=int, default=40, help="timed loader batches per worker count")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="runs/bench_gpu_pipeline.json")
@@ -101,10 +106,12 @@ def main() -> None:
         rows.append({"part": "model step (random batch on the device)", "batch": b, "workers": None,
                      "images_per_s": round(rate, 1)})
         print(rows[-1], flush=True)
-    for w in args.workers:
-        rate = loader_rate(cfg, args.data_root, b0, w, args.loader_batches, device)
-        rows.append({"part": "data loader to the device", "batch": b0, "workers": w, "images_per_s": round(rate, 1)})
-        print(rows[-1], flush=True)
+    for transfer in args.transfers:
+        for w in args.workers:
+            rate = loader_rate(cfg, args.data_root, b0, w, args.loader_batches, device, transfer == "uint8")
+            rows.append({"part": f"data loader to the device, {transfer}", "batch": b0, "workers": w,
+                         "images_per_s": round(rate, 1)})
+            print(rows[-1], flush=True)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"device: {name}; torch {torch.__version__}; CPU cores {os.cpu_count()}; config {args.config}")
     print("| part | batch | loader workers | images/s |\n|---|---|---|---|")

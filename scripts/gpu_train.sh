@@ -25,7 +25,7 @@ GEN_WORKERS=${GEN_WORKERS:-14}     # processes writing the training world
 DEADLINE_S=${DEADLINE_S:-530}      # the whole script, seconds
 BUDGET_MIN=${BUDGET_MIN:-6.0}      # the most minutes of training per run
 RESERVE_S=${RESERVE_S:-75}         # seconds kept after the runs for export and packing
-VARIANTS=${VARIANTS:-"bb01:optim.backbone_lr_mult=0.1 bb04:optim.backbone_lr_mult=0.4"}
+VARIANTS=${VARIANTS:-"bb01:optim.backbone_lr_mult=0.1"}   # runs sharing the GPU at once: "NAME:KEY=VALUE,KEY=VALUE ..."
 CONFIG=${CONFIG:-configs/demo_synref_gpu.json}
 PY=${PY:-python3}
 T0=$(date +%s)

@@ -280,3 +280,13 @@ def test_a_finished_time_budget_run_resumes_to_nothing(root, tmp_path):
     assert again["step"] == first["step"] and not again["stopped_early"]
     rows = [json.loads(x) for x in open(os.path.join(out, "log.jsonl"))]
     assert rows[-2].get("message") == "time budget already spent"
+
+
+def test_uint8_transfer_trains_the_same_weights(root, tmp_path):
+    """data.uint8_transfer: batches leave the loader as uint8 and are normalised in the step;
+    the trained state is bitwise that of the float path (also with batch 2, where collate stacks)."""
+    a = train(_cfg(root, str(tmp_path / "a"), "data.batch_size=2"), progress=False)
+    b = train(_cfg(root, str(tmp_path / "b"), "data.batch_size=2", "data.uint8_transfer=true"), progress=False)
+    assert a["step"] == b["step"] > 0
+    _assert_same_state(str(tmp_path / "a" / "last.pt"), str(tmp_path / "b" / "last.pt"))
+    assert json.load(open(tmp_path / "b" / "config.json"))["data"]["uint8_transfer"] is True

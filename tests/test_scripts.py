@@ -307,6 +307,7 @@ def test_gpu_pipeline_bench_measures_step_and_loader_at_toy_sizes(tmp_path):
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["batch"], r["workers"]) for r in rows] == [(2, None), (3, None), (4, 0), (4, 1)]
+    assert [(r["batch"], r["workers"]) for r in rows] == [(2, None), (3, None), (4, 0), (4, 1), (4, 0), (4, 1)]
+    assert [r["part"].rsplit(", ", 1)[-1] for r in rows[2:]] == ["float", "float", "uint8", "uint8"]
     assert all(r["images_per_s"] > 0 for r in rows)
-    assert "| data loader to the device | 4 | 1 |" in res.stdout
+    assert "| data loader to the device, uint8 | 4 | 1 |" in res.stdout

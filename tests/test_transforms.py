@@ -108,3 +108,22 @@ def test_to_tensor_normalises_and_inverts():
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert x[:, 0, 0].abs().max() < 0.02  # the padding colour is the mean
     np.testing.assert_array_equal(to_image(x), canvas)
+
+
+def test_normalize_uint8_gives_the_numbers_of_to_tensor():
+    """The uint8 transfer path normalises on the device: the same float32 values as the loader's
+    to_tensor, for each input normalisation."""
+    import numpy as np
+    import torch
+
+    from mmi.data import normalize_uint8, to_tensor
+    from mmi.data.transforms import NORMS
+
+    rng = np.random.default_rng(0)
+    canvases = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(3)]
+    raw = torch.stack([torch.from_numpy(np.ascontiguousarray(c.transpose(2, 0, 1))) for c in canvases])
+    for norm in (None, *NORMS.values()):
+        ref = torch.stack([to_tensor(c, norm) for c in canvases])
+        out = normalize_uint8(raw, norm)
+        assert out.dtype == torch.float32 and torch.equal(out, ref)
+    assert not torch.equal(normalize_uint8(raw, NORMS["unit"]), normalize_uint8(raw, NORMS["imagenet"]))

@@ -3,10 +3,11 @@ transforms and the torch dataset."""
 from .dataset import RefDataset, build_dataset, collate, default_t_max, load_refer
 from .pickle_safe import UnsafePickleError, load_refs
 from .refer import DatasetError, ImageError, Refer
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, Letterbox, letterbox, letterbox_mask, normalization, to_image, to_tensor
+from .transforms import (IMAGENET_MEAN, IMAGENET_STD, Letterbox, letterbox, letterbox_mask, normalization,
+                         normalize_uint8, to_image, to_tensor)
 
 __all__ = [
     "DatasetError", "IMAGENET_MEAN", "IMAGENET_STD", "ImageError", "Letterbox", "RefDataset", "Refer",
     "UnsafePickleError", "build_dataset", "collate", "default_t_max", "letterbox", "letterbox_mask",
-    "load_refer", "load_refs", "normalization", "to_image", "to_tensor",
+    "load_refer", "load_refs", "normalization", "normalize_uint8", "to_image", "to_tensor",
 ]

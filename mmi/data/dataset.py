@@ -79,11 +79,13 @@ class RefDataset(Dataset):
         seed: seeds the per-epoch expression draw.
         normalization: (mean, std) of the input scaling, ``transforms.normalization(model.config)``;
             None: ImageNet mean/std.
+        uint8: items carry the letterboxed image (3, S, S) and mask (1, S, S) as uint8, left to
+            the consumer to normalise (``transforms.normalize_uint8``: the same numbers).
     """
 
     def __init__(self, refer: Refer, split: str, image_size: int, vocab: Vocabulary | None, t_max: int,
                  train: bool, seed: int = 0, cache_images: int = 16, cache_masks: int = 64,
-                 normalization: Norm | None = None):
+                 normalization: Norm | None = None, uint8: bool = False):
         self.refer = refer
         self.name = refer.name
         self.split = split
@@ -93,6 +95,7 @@ class RefDataset(Dataset):
         self.train = bool(train)
         self.seed = int(seed)
         self.normalization = normalization
+        self.uint8 = bool(uint8)
         self.epoch = 0
         self.skipped = 0
         self.bad_images: set[int] = set()
@@ -211,11 +214,15 @@ class RefDataset(Dataset):
         canvas, lb = self._canvas(image_id)
         mask = self._mask(ann_id, lb)
         enc = self.vocab.encode(text, self.t_max)
+        if self.uint8:  # normalised by the consumer (transforms.normalize_uint8): a quarter of the bytes
+            image, target = torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1))), torch.from_numpy(mask)
+        else:
+            image, target = to_tensor(canvas, self.normalization), torch.from_numpy(mask).float()
         return {
-            "image": to_tensor(canvas, self.normalization),
+            "image": image,
             "words": enc.ids,
             "word_mask": enc.mask,
-            "mask": torch.from_numpy(mask).float().unsqueeze(0),
+            "mask": target.unsqueeze(0),
             "meta": {
                 "index": index,
                 "ref_id": int(ref["ref_id"]),
@@ -267,15 +274,17 @@ def load_refer(root: str, name: str, split_by: str | None = None, image_dir: str
 
 def build_dataset(name: str, root: str, split: str, image_size: int, vocab: Vocabulary | None, t_max: int | None,
                   train: bool, image_dir: str | None = None, split_by: str | None = None, seed: int = 0,
-                  normalization: Norm | None = None) -> RefDataset:
+                  normalization: Norm | None = None, uint8: bool = False) -> RefDataset:
     """One split of ``name`` under ``root`` as a :class:`RefDataset`.
 
     name: refcoco, refcoco+, refcocog, synref, synref_long. split_by defaults to unc
     (refcocog: umd); image_dir to <root>/images/train2014 (COCO names) or
     <root>/images/<name> (:func:`refer.default_image_dir`). t_max None: 15, or 20 for refcocog
     and synref_long. normalization: the model's (mean, std), ``transforms.normalization(config)``.
+    uint8: items carry the image as (3, S, S) uint8 and the mask as (1, S, S) uint8 (the
+    consumer normalises: ``transforms.normalize_uint8``).
     Raises DatasetError naming the missing path / unknown split.
     """
     refer = load_refer(root, name, split_by, image_dir)
     return RefDataset(refer, split, image_size, vocab, default_t_max(name) if t_max is None else t_max, train, seed=seed,
-                      normalization=normalization)
+                      normalization=normalization, uint8=uint8)

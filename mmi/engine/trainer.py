@@ -34,7 +34,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..data import build_dataset, collate, normalization
+from ..data import build_dataset, collate, normalization, normalize_uint8
 from ..model import build_model, build_model_from_config, resolve_config
 from ..text import Vocabulary, word_vectors
 from .checkpoint import (CheckpointError, get_rng_state, load_training, read_checkpoint, remove_partial_files,
@@ -231,9 +231,10 @@ class Trainer:
         """Train (and val) datasets at the model's S and T; the vocabulary from the training
         expressions (fresh run) or the checkpoint (resume)."""
         t, d = self.cfg["train"], self.cfg["data"]
-        common = dict(image_dir=d["image_dir"], split_by=d["split_by"], normalization=normalization(mc))
+        self.norm = normalization(mc)
+        common = dict(image_dir=d["image_dir"], split_by=d["split_by"], normalization=self.norm)
         self.train_ds = build_dataset(d["dataset"], d["root"], d["train_split"], mc["image_size"], None, mc["t_max"],
-                                      train=True, seed=int(t["seed"]), **common)
+                                      train=True, seed=int(t["seed"]), uint8=bool(d["uint8_transfer"]), **common)
         self.val_ds = None
         if t["val_every"] > 0:
             self.val_ds = build_dataset(d["dataset"], d["root"], d["val_split"], mc["image_size"], None, mc["t_max"],
@@ -340,10 +341,12 @@ class Trainer:
         """One optimiser step; returns the rank-averaged (loss, loss_mask, loss_lfr)."""
         t, o = self.cfg["train"], self.cfg["optim"]
         image = batch["image"].to(self.device, non_blocking=True)
+        if image.dtype == torch.uint8:  # data.uint8_transfer: normalised here, on the device
+            image = normalize_uint8(image, self.norm)
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         inputs = {"image": image, "words": batch["words"].to(self.device), "word_mask": batch["word_mask"].to(self.device),
-                  "mask": batch["mask"].to(self.device, non_blocking=True)}
+                  "mask": batch["mask"].to(self.device, non_blocking=True).float()}
         with autocast(self.device, self.amp):
             out = self.ddp(inputs)
         loss = out["loss"]
@@ -351,10 +354,12 @@ class Trainer:
         parts = torch.stack([loss.detach().float(), out.get("loss_mask", zero).detach().float(),
                              out.get("loss_lfr", zero).detach().float()])
         parts = all_reduce_mean(parts)
-        if not bool(torch.isfinite(parts).all()):
-            return parts  # the caller stops the run before any weight changes
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        # checked after the backward is queued, not before: the check waits for the GPU, and the
+        # backward's kernels are launched meanwhile (the step is launch-bound at small batches)
+        if not bool(torch.isfinite(parts).all()):
+            return parts  # the caller stops the run before any weight changes
         if float(o["grad_clip"]) > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(o["grad_clip"]))
