@@ -236,10 +236,10 @@ def test_gpu_train_script_runs_end_to_end_at_toy_sizes(tmp_path):
     config.write_text(json.dumps(cfg))
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), WORK=str(tmp_path / "work"), IMAGES="40", SMOKE_IMAGES="30", GEN_WORKERS="1",
-               DEADLINE_S="140", BUDGET_MIN="0.05", CONFIG=str(config), PY=sys.executable, OMP_NUM_THREADS="1",
+               DEADLINE_S="260", RESERVE_S="30", BUDGET_MIN="0.05", CONFIG=str(config), PY=sys.executable, OMP_NUM_THREADS="1",
                VARIANTS="a:optim.backbone_lr_mult=0.1 b:optim.backbone_lr_mult=0.4,optim.lr=0.002")
     res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh")], env=env, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=420)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     with tarfile.open(out / "logs.tar.gz") as t:
         t.extractall(tmp_path / "logs")
