@@ -16,14 +16,6 @@ $PY train.py --export "$SRC" --out weights/mmi_demo.pt
 # the run's curves and resolved config travel with the figures
 [ -f "$RUN/curves.png" ] && cp "$RUN/curves.png" assets/figures/demo_training_curves.png
 [ -f "$RUN/config.json" ] && cp "$RUN/config.json" assets/figures/demo_training_config.json
-for split in val testA testB compositional; do
-  $PY train.py --eval-only --checkpoint weights/mmi_demo.pt --dataset synref --split $split \
-      --data-root "$DATA" --out "$OUT/synref_$split.json"
-done
-for probe in empty mismatched; do
-  $PY train.py --eval-only --checkpoint weights/mmi_demo.pt --dataset synref --split val \
-      --data-root "$DATA" --language $probe --out "$OUT/synref_val_$probe.json"
-done
+PY=$PY bash scripts/eval_splits.sh weights/mmi_demo.pt "$OUT" "$DATA"
 # the failure-case tab's default: the first 500 val records with ground truth, regenerable without data/
 $PY scripts/ship_results.py "$OUT/synref_val.json" --data-root "$DATA" --out assets/results/synref_val_shipped.json
-$PY scripts/summarize_eval.py "$OUT"/synref_*.json | tee "$OUT/summary.md"

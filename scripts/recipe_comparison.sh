@@ -7,6 +7,7 @@
 #
 #   bash scripts/recipe_comparison.sh [DATA_ROOT] [STEPS] [OUT]
 #   python scripts/recipe_table.py runs/recipes          # the table (README)
+# Every run is tried; the script exits 1 at the end when one of them failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data}; STEPS=${2:-600}; OUT=${3:-runs/recipes}
@@ -18,8 +19,11 @@ run() {  # name config overrides...
   local name=$1 cfg=$2; shift 2
   if [ -f "$OUT/$name/log.jsonl" ] && grep -q '"kind": "val"' "$OUT/$name/log.jsonl"; then echo "skip $name (done)"; return; fi
   rm -rf "$OUT/$name"
-  OMP_NUM_THREADS=1 $PY train.py --config "$cfg" --no-progress --set $COMMON output=$OUT/$name "$@" > "$OUT/$name.txt" 2>&1 \
-    && echo "done $name" || echo "FAILED $name (see $OUT/$name.txt)"
+  if OMP_NUM_THREADS=1 $PY train.py --config "$cfg" --no-progress --set $COMMON output=$OUT/$name "$@" > "$OUT/$name.txt" 2>&1; then
+    echo "done $name"
+  else
+    echo "FAILED $name (see $OUT/$name.txt)"; return 1  # xargs goes on with the other runs, then exits 123
+  fi
 }
 export -f run; export OUT PY COMMON
 mkdir -p "$OUT"
@@ -31,4 +35,4 @@ mkdir -p "$OUT"
   echo "cheap_aux_skip $FAST $STEP"
   echo "fast $FAST"
   echo "fast_lr2e-3 $FAST optim.lr=0.002"
-} | xargs -P 2 -L 1 bash -c 'run "$@"' _
+} | xargs -P 2 -L 1 bash -c 'run "$@"' _ || { echo "recipe_comparison: some runs FAILED (lines above)" >&2; exit 1; }

@@ -1,6 +1,8 @@
 """The table of a recipe comparison (scripts/recipe_comparison.sh): for each run, the
 validation after its last step, the median images/s it logged, and the difference in oIoU
-from the first row's run.
+from the first finished run. A run without a finished validation (missing, failed or still
+running) is named on stderr and gets a row marked "missing"; the rows returned and written
+by --json are the finished runs only.
 
     python scripts/recipe_table.py runs/recipes --order shipped cheap cheap_aux cheap_skip cheap_aux_skip \\
         --json assets/recipes/comparison_600.json
@@ -39,12 +41,19 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args(argv)
     names = args.order or sorted(d for d in os.listdir(args.folder) if os.path.isdir(os.path.join(args.folder, d)))
-    rows = [r for r in (summarize(os.path.join(args.folder, n)) for n in names) if r]
+    found = [(n, summarize(os.path.join(args.folder, n))) for n in names]
+    rows = [r for _, r in found if r]
+    missing = [n for n, r in found if r is None]
+    if missing:
+        print(f"recipe_table: missing runs (no validation in {args.folder}/RUN/log.jsonl): {', '.join(missing)}", file=sys.stderr)
     if not rows:
         raise SystemExit(f"no finished run under {args.folder}")
     base = rows[0]["oIoU"]
     print(f"| run | steps | oIoU | mIoU | Prec@0.5 | oIoU − {rows[0]['run']} | median images/s logged |\n|---|---|---|---|---|---|---|")
-    for r in rows:
+    for n, r in found:
+        if r is None:
+            print(f"| {n} | missing | – | – | – | – | – |")
+            continue
         r["delta"] = round(r["oIoU"] - base, 2)
         print(f"| {r['run']} | {r['step']} | {r['oIoU']:.2f} | {r['mIoU']:.2f} | {r['Prec@0.5']:.2f} | {r['delta']:+.2f} | {r['images_per_s']} |")
     if args.json:

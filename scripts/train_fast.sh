@@ -35,14 +35,5 @@ $PY train.py --config "$CONFIG" --resume auto --set data.root="$DATA" output="$R
 
 SRC=$RUN/best.pt; [ -f "$SRC" ] || SRC=$RUN/last.pt
 $PY train.py --export "$SRC" --out "$RUN/mmi_fast.pt"
-mkdir -p "$RUN/eval"
-for split in val testA testB compositional; do
-  $PY train.py --eval-only --checkpoint "$RUN/mmi_fast.pt" --dataset synref --split $split --data-root "$DATA" \
-      --out "$RUN/eval/synref_$split.json"
-done
-for probe in empty mismatched; do
-  $PY train.py --eval-only --checkpoint "$RUN/mmi_fast.pt" --dataset synref --split val --data-root "$DATA" \
-      --language $probe --out "$RUN/eval/synref_val_$probe.json"
-done
-$PY scripts/summarize_eval.py "$RUN"/eval/synref_*.json | tee "$RUN/eval/summary.md"
+PY=$PY bash scripts/eval_splits.sh "$RUN/mmi_fast.pt" "$RUN/eval" "$DATA"
 $PY scripts/time_to_accuracy.py "$RUN/log.jsonl" --prep "$PREP" | tee "$RUN/eval/time_to_accuracy.md"

@@ -116,8 +116,36 @@ def test_recipe_table_reads_the_last_validation_and_differences(tmp_path, capsys
     (tmp_path / "unfinished").mkdir()
     rows = load_script("recipe_table").main([str(tmp_path), "--json", str(tmp_path / "t.json")])
     assert [r["run"] for r in rows] == ["a", "b"] and rows[1]["delta"] == pytest.approx(5.0)
-    assert "| b | 5 | 25.00 | 25.00 | 1.00 | +5.00 | 30.0 |" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "| b | 5 | 25.00 | 25.00 | 1.00 | +5.00 | 30.0 |" in captured.out
     assert json.loads((tmp_path / "t.json").read_text())[1]["images_per_s"] == 30.0
+    # a run without a validation is named, not dropped: on stderr and as a row of its own
+    assert "| unfinished | missing |" in captured.out and "missing runs" in captured.err and "unfinished" in captured.err
+    load_script("recipe_table").main([str(tmp_path), "--order", "b", "gone", "a"])
+    captured = capsys.readouterr()
+    assert "| gone | missing |" in captured.out and captured.err.rstrip().endswith(": gone")
+    assert "| a | 5 | 20.00 | 20.00 | 1.00 | -5.00 | 10.0 |" in captured.out  # differences from the first finished run
+
+
+def test_recipe_comparison_runs_every_variant_and_exits_non_zero_when_one_failed(tmp_path):
+    """A failed run does not stop the others (two at a time) and the script's exit status says it failed."""
+    import subprocess
+
+    fake = tmp_path / "fake_python"  # stands in for the interpreter: cheap_skip fails, the rest succeed
+    fake.write_text('#!/usr/bin/env bash\ncase "$*" in *"/cheap_skip "*) echo boom >&2; exit 1;; esac\n')
+    fake.chmod(0o755)
+    out = tmp_path / "recipes"
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "recipe_comparison.sh"), "data", "5", str(out)],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PY": str(fake)}, timeout=120)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"FAILED cheap_skip (see {out}/cheap_skip.txt)" in res.stdout and "some runs FAILED" in res.stderr
+    assert "boom" in (out / "cheap_skip.txt").read_text()
+    done = {line.split()[1] for line in res.stdout.splitlines() if line.startswith("done ")}
+    assert done == {"shipped", "cheap", "cheap_aux", "cheap_aux_skip", "fast", "fast_lr2e-3"}
+    fake.write_text("#!/usr/bin/env bash\nexit 0\n")  # all succeed: exit 0
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "recipe_comparison.sh"), "data", "5", str(out)],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PY": str(fake)}, timeout=120)
+    assert res.returncode == 0 and res.stdout.count("done ") == 7, res.stdout + res.stderr
 
 
 def test_ablation_variants_differ_by_one_switch_and_build(tmp_path, monkeypatch):
@@ -311,3 +339,23 @@ def test_gpu_pipeline_bench_measures_step_and_loader_at_toy_sizes(tmp_path):
     assert [r["part"].rsplit(", ", 1)[-1] for r in rows[2:]] == ["float", "float", "uint8", "uint8"]
     assert all(r["images_per_s"] > 0 for r in rows)
     assert "| data loader to the device, uint8 | 4 | 1 |" in res.stdout
+
+
+def test_eval_splits_measures_every_split_and_probe_then_summarises(tmp_path):
+    """scripts/eval_splits.sh (shared by evaluate_shipped.sh and train_fast.sh): the commands it runs."""
+    import subprocess
+
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_python"  # records each command instead of running it
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\necho table\n')
+    fake.chmod(0o755)
+    out = tmp_path / "eval"
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "eval_splits.sh"), "w.pt", str(out), "d"], capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "PY": str(fake)}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    ev = "train.py --eval-only --checkpoint w.pt --dataset synref --split"
+    assert calls.read_text().splitlines() == (
+        [f"{ev} {s} --data-root d --out {out}/synref_{s}.json" for s in ("val", "testA", "testB", "compositional")]
+        + [f"{ev} val --data-root d --language {p} --out {out}/synref_val_{p}.json" for p in ("empty", "mismatched")]
+        + [f"scripts/summarize_eval.py {out}/synref_*.json"])  # the fake wrote no results for the glob to match
+    assert (out / "summary.md").read_text() == "table\n"

@@ -21,6 +21,7 @@ import pytest
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 from gradio_client import Client, handle_file  # noqa: E402
+from gradio_client.exceptions import AppError, AuthenticationError  # noqa: E402
 
 import app  # noqa: E402
 from mmi.predictor import Predictor, feature_bytes, load_image  # noqa: E402
@@ -218,10 +219,10 @@ def small_png(tmp_path_factory):
 
 def test_without_the_password_the_client_is_refused(server, small_png):
     url = server[0]
-    with pytest.raises(Exception) as err:
+    with pytest.raises(AuthenticationError) as err:
         connect(url, auth=None).predict(handle_file(small_png), "the red cube", 0.5, api_name="/segment")
     assert "401" in str(err.value) or "auth" in str(err.value).lower() or "login" in str(err.value).lower()
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="Could not login"):
         connect(url, auth=(USER, "wrong"))
     out = connect(url).predict(handle_file(small_png), "the red cube", 0.5, api_name="/segment")
     assert (out["height"], out["width"]) == (60, 80)
@@ -243,7 +244,7 @@ def test_an_upload_over_the_limit_gets_a_message_and_the_server_keeps_serving(se
     cv2.imwrite(str(noisy), np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
     assert os.path.getsize(noisy) > LIMITS.max_upload_bytes
     client = connect(url)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(ValueError) as err:  # raised by gradio_client's own size check
         client.predict(handle_file(str(noisy)), "the red cube", 0.5, api_name="/segment")
     # gradio_client checks the limit the server announces; a raw upload gets 413 "maximum allowed size"
     assert "exceeds the maximum file size of 52428 bytes" in str(err.value) or "maximum allowed size" in str(err.value)
@@ -254,7 +255,7 @@ def test_an_upload_over_the_limit_gets_a_message_and_the_server_keeps_serving(se
 def test_a_bomb_through_the_app_is_reported_as_too_large(server, tmp_path):
     bomb = tmp_path / "bomb.png"
     png_header_only(bomb, 20000, 20000)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(AppError) as err:
         connect(server[0]).predict(handle_file(str(bomb)), "the red cube", 0.5, api_name="/segment")
     assert "too large" in str(err.value) and "not an image" not in str(err.value)
 

@@ -29,6 +29,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from mmi.predictor import DEFAULT_CACHE_BYTES
+
 log = logging.getLogger("mmi.app")
 
 PASSWORD_ENV = "MMI_APP_PASSWORD"
@@ -233,7 +235,7 @@ def add_arguments(p: Any) -> None:
                    help="requests waiting at most; more get 'Queue is full' (default %(default)s)")
     g.add_argument("--model-concurrency", type=int, default=Limits.model_concurrency,
                    help="model calls running at once, all tabs together (default %(default)s)")
-    g.add_argument("--cache-mb", type=float, default=256,
+    g.add_argument("--cache-mb", type=float, default=DEFAULT_CACHE_BYTES / 2**20,
                    help="memory bound of the image feature cache, MB, alongside --cache-size (default %(default)g)")
     g.add_argument("--log-requests", action="store_true",
                    help="log one line per model call: endpoint, seconds, outcome (never images or expressions)")

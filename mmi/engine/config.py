@@ -24,6 +24,8 @@ import json
 import os
 from typing import Any, Sequence
 
+from .precision import fp16_refusal
+
 OPTIM_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"name": "adam", "lr": 0.005, "schedule": "step", "milestones": [40, 45], "gamma": 0.1,
               "warmup_epochs": 1, "warmup_iters": 0},
@@ -233,9 +235,8 @@ def validate(cfg: dict) -> None:
              "train.max_steps_per_epoch", "must be null or a positive integer")
     _require(isinstance(t["val_every"], int) and t["val_every"] >= 0, "train.val_every", "must be an integer >= 0")
     _require(isinstance(t["deterministic"], bool), "train.deterministic", f"must be true or false, got {t['deterministic']!r}")
-    if t["amp"] == "fp16" and t["device"] == "cpu":
-        raise ConfigError("config key 'train.amp': fp16 (with loss scaling) needs a CUDA device and train.device is "
-                          "'cpu'; use train.amp=bf16 or off on the CPU")
+    if refusal := fp16_refusal(t["amp"], t["device"], "config"):  # "auto": the trainer checks the device it gets
+        raise ConfigError(refusal)
     src = cfg["word_vectors"]["source"]
     _require(src in ("glove", "spacy", "random"), "word_vectors.source", f"choose glove, spacy or random, got {src!r}")
     if src == "glove":

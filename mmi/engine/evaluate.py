@@ -33,7 +33,7 @@ from ..data import Letterbox, collate
 from ..metrics import DEFINITIONS, IoUAccumulator, format_table
 from .config import ConfigError
 from .distributed import DistInfo, ShardSampler, all_gather_objects
-from .precision import resolve_amp
+from .precision import fp16_refusal, resolve_amp
 
 
 def autocast(device: torch.device, amp: str):
@@ -192,9 +192,9 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
     if not 0 < threshold < 1:
         raise ConfigError(f"--threshold must lie in (0, 1), got {threshold}")
     info = init_distributed(device)
-    if amp == "fp16" and info.device.type != "cuda":
+    if refusal := fp16_refusal(amp, info.device, "eval"):
         cleanup()
-        raise ConfigError(f"--amp fp16 needs a CUDA device, the evaluation runs on {info.device}; use --amp bf16 or off")
+        raise ConfigError(refusal)
     try:
         model, vocab, meta = load_inference(checkpoint)
         model.to(info.device)

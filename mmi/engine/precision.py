@@ -7,7 +7,9 @@
   ``/proc/cpuinfo``; oneDNN then runs bf16 matrix products natively, and autocast keeps
   the losses, softmaxes and norms in fp32), else off: emulated bf16 is slower than fp32.
 
-fp16 is never chosen by ``auto``: on a CPU the LSTM has no fp16 kernel.
+fp16 is never chosen by ``auto``: on a CPU the LSTM has no fp16 kernel, and asking for it
+off CUDA is refused (:func:`fp16_refusal`: the messages of the config check, the trainer
+and ``--eval-only``, in one place).
 """
 from __future__ import annotations
 
@@ -45,3 +47,16 @@ def resolve_amp(amp: str, device: torch.device) -> str:
     if device.type == "cpu":
         return "bf16" if cpu_has_bf16() else "off"
     return "off"
+
+
+def fp16_refusal(amp: str, device: str | torch.device, where: str) -> str | None:
+    """The message refusing fp16 (with loss scaling) off a CUDA device, None when ``amp`` runs
+    on ``device``. ``device``: the device, or ``"auto"`` (not decided yet: nothing refused);
+    ``where``: ``"config"`` (train.device as configured), ``"train"`` (the run's device) or
+    ``"eval"`` (``--amp`` of ``--eval-only``)."""
+    if amp != "fp16" or device == "auto" or torch.device(device).type == "cuda":
+        return None
+    if where == "eval":
+        return f"--amp fp16 needs a CUDA device, the evaluation runs on {device}; use --amp bf16 or off"
+    on = f" and train.device is {str(device)!r}" if where == "config" else f", this run is on {device}"
+    return f"config key 'train.amp': fp16 (with loss scaling) needs a CUDA device{on}; use train.amp=bf16 or off on the CPU"

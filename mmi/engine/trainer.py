@@ -44,7 +44,7 @@ from .distributed import (DistInfo, SkipSampler, all_gather_objects, all_reduce_
                           broadcast_object, cleanup, init_distributed)
 from .output import AUTO, resolve_start
 from .evaluate import autocast, evaluate, ignore_stop_signals
-from .precision import resolve_amp
+from .precision import fp16_refusal, resolve_amp
 from .runlog import RunLogger, plot_curves
 
 
@@ -137,9 +137,8 @@ class Trainer:
         self.info: DistInfo = init_distributed(t["device"])
         self.device = self.info.device
         self.out = cfg["output"]
-        if t["amp"] == "fp16" and self.device.type != "cuda":
-            raise ConfigError(f"config key 'train.amp': fp16 (with loss scaling) needs a CUDA device, this run is on "
-                              f"{self.device}; use train.amp=bf16 or off on the CPU")
+        if refusal := fp16_refusal(t["amp"], self.device, "train"):
+            raise ConfigError(refusal)
         if t["deterministic"]:
             set_deterministic()
         elif self.device.type == "cuda":
