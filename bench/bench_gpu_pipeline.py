@@ -14,9 +14,7 @@ runs too (tiny settings) but only ratios between rows mean anything there.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 
@@ -24,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.bench_train import batch as random_batch, sync  # noqa: E402
+from bench.bench_train import batch as random_batch, device_name, sync, write_json  # noqa: E402
 from mmi.data import build_dataset, collate, normalization, normalize_uint8  # noqa: E402
 from mmi.engine.config import load_config, model_overrides  # noqa: E402
 from mmi.engine.evaluate import autocast  # noqa: E402
@@ -112,15 +110,13 @@ def main() -> None:
             rows.append({"part": f"data loader to the device, {transfer}", "batch": b0, "workers": w,
                          "images_per_s": round(rate, 1)})
             print(rows[-1], flush=True)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = device_name(device)
     print(f"device: {name}; torch {torch.__version__}; CPU cores {os.cpu_count()}; config {args.config}")
     print("| part | batch | loader workers | images/s |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['part']} | {r['batch']} | {r['workers'] if r['workers'] is not None else '-'} | {r['images_per_s']} |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"device": name, "torch": torch.__version__, "cpu_count": os.cpu_count(), "config": args.config,
-                   "rows": rows}, f, indent=1)
+    write_json(args.out, {"device": name, "torch": torch.__version__, "cpu_count": os.cpu_count(),
+                          "config": args.config, "rows": rows})
 
 
 if __name__ == "__main__":

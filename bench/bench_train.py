@@ -35,6 +35,16 @@ def batch(model, b: int, device: torch.device) -> dict:
             "mask": mask.to(device)}
 
 
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
+def write_json(path: str, data: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -88,14 +98,12 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     rows = [measure(args.preset, args.batch, args.steps, amp, device, args.channels_last) for amp in args.amp]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    name = device_name(device)
     print(f"device: {name}; torch {torch.__version__}; threads {torch.get_num_threads()}")
     print("| preset | amp | batch | train samples/s | eval images/s | peak GiB |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['preset']} | {r['amp']} | {r['batch']} | {r['train_samples_per_s']} | {r['eval_images_per_s']} | {r['peak_gib']} |")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"device": name, "torch": torch.__version__, "rows": rows}, f, indent=1)
+    write_json(args.out, {"device": name, "torch": torch.__version__, "rows": rows})
 
 
 if __name__ == "__main__":
