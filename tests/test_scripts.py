@@ -290,6 +290,7 @@ def test_gpu_train_script_runs_end_to_end_at_toy_sizes(tmp_path):
 def test_gpu_ablation_variants_are_valid_runs_of_the_gpu_recipe():
     """scripts/gpu_ablation.sh hands gpu_train.sh one variant per ablation row (plus order_free
     fusion): each must be a valid config of the GPU recipe with the switches the row names."""
+    import os
     import re
     import subprocess
     import sys
@@ -310,6 +311,14 @@ def test_gpu_ablation_variants_are_valid_runs_of_the_gpu_recipe():
         assert (o["attention"], o["imi"], o["lfr"]) == expect[name], name
         assert o["word_gate"] is False and cfg["data"]["workers"] == 2
         assert o.get("fusion", "product") == ("order_free" if name == "all_order_free" else "product")
+    # some rows only, more loader processes each; an unknown row is refused by name
+    env = dict(os.environ, ROWS="baseline all_order_free", WORKERS="5")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, env=env).stdout
+    runs = dict(v.split(":", 1) for v in out.split())
+    assert list(runs) == ["baseline", "all_order_free"] and all("data.workers=5" in v for v in runs.values())
+    bad = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, ROWS="baseline +IMI"))
+    assert bad.returncode != 0 and "unknown ROWS ['+IMI']" in bad.stderr
 
 
 def test_gpu_pipeline_bench_measures_step_and_loader_at_toy_sizes(tmp_path):
