@@ -1,5 +1,7 @@
 """Markdown tables from results JSONs of ``train.py --eval-only``: one row per file
-(oIoU, mIoU, Prec@X, in percent), then per expression type for those that have types.
+(oIoU, mIoU, Prec@X, in percent), then per expression type for those that have types, then
+(where the file keeps per-expression records) how the expressions spread over IoU bands:
+below 0.1 (another object, or nothing), 0.1-0.5 (partly), 0.5-0.9, at least 0.9.
 
     python scripts/summarize_eval.py runs/demo_synref/eval/synref_*.json
 """
@@ -28,6 +30,31 @@ def main(paths: list[str]) -> None:
             print(f"\nBy expression type, {r['dataset']}/{r['split']}:\n\n{head}")
             for t, totals in sorted(r["by_type"].items()):
                 print(row(t, totals))
+    for r in results:
+        if r.get("records") and r.get("language", "normal") == "normal":
+            print(f"\nIoU bands, {r['dataset']}/{r['split']} (share of expressions):\n")
+            print("| | expressions | " + " | ".join(BANDS) + " |\n|---|---|" + "---|" * len(BANDS))
+            for name, share in iou_bands(r["records"]).items():
+                print(f"| {name} | {share['count']} | " + " | ".join(f"{100 * share[b]:.1f}%" for b in BANDS) + " |")
+
+
+BANDS = ("IoU < 0.1", "0.1-0.5", "0.5-0.9", "IoU >= 0.9")
+
+
+def iou_bands(records: list[dict]) -> dict[str, dict]:
+    """{"all" and each expression type: {"count": n, band: share of its expressions}}, bands of :data:`BANDS`."""
+    groups: dict[str, list[float]] = {"all": []}
+    for rec in records:
+        groups["all"].append(rec["iou"])
+        if rec.get("type"):
+            groups.setdefault(rec["type"], []).append(rec["iou"])
+    out = {}
+    for name in ["all"] + sorted(k for k in groups if k != "all"):
+        v = groups[name]
+        counts = (sum(x < 0.1 for x in v), sum(0.1 <= x < 0.5 for x in v), sum(0.5 <= x < 0.9 for x in v),
+                  sum(x >= 0.9 for x in v))
+        out[name] = {"count": len(v), **{b: c / len(v) for b, c in zip(BANDS, counts)}}
+    return out
 
 
 if __name__ == "__main__":

@@ -368,3 +368,15 @@ def test_eval_splits_measures_every_split_and_probe_then_summarises(tmp_path):
         + [f"{ev} val --data-root d --language {p} --out {out}/synref_val_{p}.json" for p in ("empty", "mismatched")]
         + [f"scripts/summarize_eval.py {out}/synref_*.json"])  # the fake wrote no results for the glob to match
     assert (out / "summary.md").read_text() == "table\n"
+
+
+def test_summarize_eval_iou_bands_split_each_type():
+    """summarize_eval's IoU bands: every expression in exactly one band, per type and overall."""
+    mod = load_script("summarize_eval")
+    recs = [{"iou": 0.0, "type": "ordinal"}, {"iou": 0.1, "type": "ordinal"}, {"iou": 0.5, "type": "position"},
+            {"iou": 0.89, "type": "position"}, {"iou": 0.9, "type": "position"}, {"iou": 1.0}]
+    bands = mod.iou_bands(recs)
+    assert list(bands) == ["all", "ordinal", "position"]
+    assert bands["all"]["count"] == 6 and [bands["all"][b] for b in mod.BANDS] == [1 / 6, 1 / 6, 2 / 6, 2 / 6]
+    assert [bands["ordinal"][b] for b in mod.BANDS] == [0.5, 0.5, 0.0, 0.0]
+    assert [bands["position"][b] for b in mod.BANDS] == [0.0, 0.0, 2 / 3, 1 / 3]
