@@ -336,6 +336,8 @@ class Predictor:
         self.cache_size = int(cache_size)
         self.cache_bytes = None if cache_bytes is None else int(cache_bytes)  # None: bounded by count only
         self._cache_sizes: dict[str, int] = {}
+        self._cached_bytes = 0  # sum of _cache_sizes, kept as entries come and go
+        self.norm = normalization(self.model.config)
         self._cache: OrderedDict[str, tuple[dict, Letterbox]] = OrderedDict()
         self._lock = threading.RLock()
         self.encode_calls = 0  # images encoded (cache misses), for tests and the benchmark
@@ -360,12 +362,13 @@ class Predictor:
         with self._lock:
             self._cache.clear()
             self._cache_sizes.clear()
+            self._cached_bytes = 0
 
     @property
     def cache_nbytes(self) -> int:
         """Bytes held by the cached image features now."""
         with self._lock:
-            return sum(self._cache_sizes.values())
+            return self._cached_bytes
 
     def check_expressions(self, expressions: str | Sequence[str]) -> list[str]:
         """The expressions of a request, validated: a str is split into lines (blank lines
@@ -398,7 +401,7 @@ class Predictor:
                 self._cache.move_to_end(key)
                 return hit
             canvas, lb = letterbox(rgb, self.image_size)
-            x = to_tensor(canvas, normalization(self.model.config))[None].to(self.device).contiguous(memory_format=self.memory_format)
+            x = to_tensor(canvas, self.norm)[None].to(self.device).contiguous(memory_format=self.memory_format)
             with torch.inference_mode():
                 feats = self.model.encode_image(x)
             self.encode_calls += 1
@@ -406,11 +409,12 @@ class Predictor:
             if self.cache_size > 0 and (self.cache_bytes is None or size <= self.cache_bytes):
                 self._cache[key] = (feats, lb)
                 self._cache_sizes[key] = size
+                self._cached_bytes += size
             # bounded in count and in bytes: the least recently used images go first
             while self._cache and (len(self._cache) > self.cache_size or
-                                   (self.cache_bytes is not None and sum(self._cache_sizes.values()) > self.cache_bytes)):
+                                   (self.cache_bytes is not None and self._cached_bytes > self.cache_bytes)):
                 old, _ = self._cache.popitem(last=False)
-                self._cache_sizes.pop(old, None)
+                self._cached_bytes -= self._cache_sizes.pop(old, 0)
             return feats, lb
 
     def predict(self, image: Any, expressions: str | Sequence[str], threshold: float = 0.5,
