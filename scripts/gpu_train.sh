@@ -12,8 +12,9 @@
 #      and the runs use what passed
 #   4. the runs of VARIANTS at once on the one GPU (each "name:KEY=VALUE,KEY=VALUE"), their
 #      time budget what the deadline leaves (at most BUDGET_MIN), each under `timeout`
-#   5. each run's best.pt exported (exit status 1 when a run or an export failed) (inference-only, fp32), split in 12 MB parts for the
-#      device tool's 16 MiB file limit (join: cat NAME.pt.part-* > NAME.pt), logs in logs.tar.gz
+#   5. each run's best.pt exported (inference-only, fp32), split in 12 MB parts for the device
+#      tool's 16 MiB file limit (join: cat NAME.pt.part-* > NAME.pt), logs in logs.tar.gz; the exit
+#      status is 1 when a run or an export failed
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu_out}

@@ -37,7 +37,7 @@ if [ "${STAGE1:-}" = gpu ]; then
       cat "$RUN1"/out_a/bb01.pt.part-* > "$RUN1/stage1a.pt"
     fi
     OUT=$RUN1/out_b WORK=$RUN1/work_b SEED=3 IMAGES=36000 RESERVE_S=40 BUDGET_MIN=6.5 \
-      VARIANTS="s1b:train.init_from=$RUN1/stage1a.pt,data.workers=14" PY=$PY bash scripts/gpu_train.sh
+      VARIANTS="s1b:train.init_from=$RUN1/stage1a.pt" PY=$PY bash scripts/gpu_train.sh
     cat "$RUN1"/out_b/s1b.pt.part-* > "$INIT"
   fi
 fi
