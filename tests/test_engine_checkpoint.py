@@ -258,3 +258,27 @@ def test_process_killed_while_writing_leaves_the_previous_file_loadable(tmp_path
     with pytest.raises(CheckpointError, match="corrupt or truncated"):  # the partial file is recognised as such
         ck.read_checkpoint(str(tmp_path / left[0]))
     assert ck.remove_partial_files(str(tmp_path)) == left and os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_export_backbone_writes_a_state_dict_that_backbone_weights_reads(model_vocab, tmp_path, capsys):
+    """``python -m mmi.engine.checkpoint backbone CKPT OUT``: the backbone of a checkpoint, loaded
+    back through the ``backbone_weights`` setting, equals the checkpoint's; a checkpoint with no
+    backbone in it is refused by name."""
+    vocab = model_vocab[1]
+    model = build_model("tiny", len(vocab))  # its own: the module's shared model stays as it was
+    src, out = str(tmp_path / "m.pt"), str(tmp_path / "bb.pth")
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(0.5)  # unlike any fresh initialisation
+    save_inference(src, model, vocab)
+    ck.main(["backbone", src, out])
+    assert "backbone tensors of" in capsys.readouterr().out
+    other = build_model("tiny", len(vocab), backbone_weights=out)
+    assert _same_weights(model.backbone, other.backbone)
+    assert not _same_weights(model.vision, other.vision)  # the head is not taken along
+    bare = str(tmp_path / "bare.pt")
+    ck.atomic_save({"format": "mmi-inference/1", "model": {"head.w": torch.zeros(1)}, "config": model.config,
+                    "vocab": vocab.to_list(), "meta": {}}, bare)
+    with pytest.raises(SystemExit, match="bare.pt: no backbone weights"):
+        ck.main(["backbone", bare, str(tmp_path / "none.pth")])
+    assert not os.path.exists(tmp_path / "none.pth")

@@ -77,7 +77,7 @@ def test_ablation_refuses_a_finished_run_of_another_budget(tmp_path, monkeypatch
     over = dict(mod.config_overrides("configs/demo_synref.json"), **mod.VARIANTS["baseline"], image_size=192)
     cfg = {"train": {"epochs": 1, "max_steps_per_epoch": 400, "seed": 0}, "model": {"overrides": over}}
     (run / "config.json").write_text(json.dumps(cfg))
-    monkeypatch.setattr(mod, "run", lambda cmd: pytest.fail(f"nothing may be trained: {cmd}"))
+    monkeypatch.setattr(mod, "run", lambda cmd, *a: pytest.fail(f"nothing may be trained: {cmd}"))
     monkeypatch.setattr("sys.argv", ["ablation.py", "--variants", "baseline", "--seeds", "0", "--epochs", "2",
                                      "--steps", "1681", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="epochs: 1 there, 2 asked; steps per epoch: 400 there, 1681 asked"):
@@ -167,7 +167,7 @@ def test_ablation_variants_differ_by_one_switch_and_build(tmp_path, monkeypatch)
 
     commands = []
 
-    def fake_run(cmd):  # what train.py would get; the evaluation writes a result
+    def fake_run(cmd, log=None, threads=None):  # what train.py would get; the evaluation writes a result
         commands.append(cmd)
         if "--eval-only" in cmd:
             out = Path(cmd[cmd.index("--out") + 1])
@@ -177,7 +177,8 @@ def test_ablation_variants_differ_by_one_switch_and_build(tmp_path, monkeypatch)
     monkeypatch.setattr(mod, "run", fake_run)
     monkeypatch.setattr("sys.argv", ["ablation.py", "--variants", "baseline", "--seeds", "0", "--out", str(tmp_path)])
     mod.main()
-    sets = [c for c in commands[0] if c.startswith("model.overrides=")]
+    train = [c for c in commands if "train.py" in c and "--eval-only" not in c]
+    sets = [c for c in train[0] if c.startswith("model.overrides=")]
     over = json.loads(sets[0].split("=", 1)[1])
     assert over["attention"] == "generic_lav" and over["word_gate"] is False
 
@@ -192,13 +193,130 @@ def test_ablation_legacy_reuses_runs_written_before_the_rename(tmp_path, monkeyp
     cfg = {"train": {"epochs": 2, "max_steps_per_epoch": 1681, "seed": 0}, "model": {"preset": "demo", "overrides": old}}
     (run / "config.json").write_text(json.dumps(cfg))
     (run / "eval_val.json").write_text(json.dumps({"totals": {k: 0.25 for k in mod.METRICS}, "by_type": {}}))
-    monkeypatch.setattr(mod, "run", lambda cmd: pytest.fail(f"nothing may be trained: {cmd}"))
+    monkeypatch.setattr(mod, "run", lambda cmd, *a: pytest.fail(f"nothing may be trained: {cmd}"))
     argv = ["ablation.py", "--variants", "baseline", "--seeds", "0", "--epochs", "2", "--steps", "1681", "--out", str(tmp_path)]
     monkeypatch.setattr("sys.argv", argv[:1] + ["--legacy"] + argv[1:])
     mod.main()
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit, match="model overrides"):
         mod.main()
+
+
+def _fake_ablation_run(mod, commands, fail=()):
+    """A stand-in for ablation.run: train.py writes a config and a two-point validation curve, the
+    evaluation a result whose oIoU depends on the variant and seed; runs named in ``fail`` fail."""
+    import subprocess
+
+    value = {"baseline": 0.30, "all": 0.40, "all_order_free": 0.45}
+
+    def fake(cmd, log=None, threads=None):
+        commands.append((cmd, log, threads))
+        if "--eval-only" in cmd:
+            out = Path(cmd[cmd.index("--out") + 1])
+            name = out.parent.name
+            if any(name.startswith(f) for f in fail):
+                raise subprocess.CalledProcessError(1, cmd)
+            v = value[name.rsplit("_s", 1)[0]] + 0.02 * int(name.rsplit("_s", 1)[1])
+            by_type = {t: {"count": 3, "oIoU": v, "mIoU": v} for t in mod.TYPES}
+            out.write_text(json.dumps({"count": 9, "totals": {k: v for k, v in zip(mod.METRICS, [v] * 5)},
+                                       "by_type": by_type, "records": [{"iou": v}]}))
+        elif "train.py" in cmd:
+            sets = dict(c.split("=", 1) for c in cmd[cmd.index("--set") + 1:])
+            out = Path(sets["output"])
+            cfg = {"model": {"preset": "demo", "overrides": json.loads(sets["model.overrides"])},
+                   "train": {"epochs": int(sets["train.epochs"]), "seed": int(sets["train.seed"]),
+                             "max_steps_per_epoch": int(sets["train.max_steps_per_epoch"])}}
+            (out / "config.json").write_text(json.dumps(cfg))
+            rows = [{"kind": "event", "step": 0, "time": 0.0}, {"kind": "val", "step": 5, "time": 60.0, "oIoU": 0.1,
+                     "mIoU": 0.2, "Prec@0.5": 0.05}, {"kind": "val", "step": 10, "time": 120.0, "oIoU": 0.25,
+                                                       "mIoU": 0.3, "Prec@0.5": 0.2}]
+            (out / "log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return fake
+
+
+def test_ablation_keeps_finished_runs_outside_runs_and_resumes_from_them(tmp_path, monkeypatch, capsys):
+    """--jobs 2: two runs at a time, each logging to its folder with half the CPU's threads; --keep
+    copies each result (curve, metrics; no per-expression records) so that, with runs/ gone, the
+    table is rebuilt without training; a kept run of another budget is refused; the fusion row is
+    paired with "all"; --plot draws the curves."""
+    import os
+    import shutil
+
+    mod = load_script("ablation")
+    commands = []
+    monkeypatch.setattr(mod, "run", _fake_ablation_run(mod, commands))
+    (tmp_path / "backbone.pth").write_bytes(b"x")  # the recipe's inputs exist: nothing to prepare
+    monkeypatch.setattr(mod, "prepare", lambda args: None)
+    out, keep, png = tmp_path / "runs", tmp_path / "keep", tmp_path / "curves.png"
+    argv = ["ablation.py", "--variants", "baseline", "all", "all_order_free", "--seeds", "0", "1", "--jobs", "2",
+            "--out", str(out), "--keep", str(keep), "--plot", str(png)]
+    monkeypatch.setattr("sys.argv", argv)
+    mod.main()
+    trains = [c for c in commands if "--eval-only" not in c[0]]
+    assert len(trains) == 6 and all(log and log.endswith("train.txt") for _, log, _ in trains)
+    assert {t for _, _, t in trains} == {max(1, (os.cpu_count() or 1) // 2)}
+    kept = json.loads((keep / "runs" / "all_order_free_s1.json").read_text())
+    assert kept["totals"]["oIoU"] == pytest.approx(0.47) and "records" not in kept
+    assert [p["oIoU"] for p in kept["curve"]] == [10.0, 25.0] and kept["curve"][1]["minutes"] == 2.0
+    assert kept["budget"]["model overrides"]["fusion"] == "order_free" and kept["by_type"]["ordinal"]["count"] == 3
+    first = capsys.readouterr().out
+    assert "| all_order_free | 46.00 ± 1.00 |" in first and png.stat().st_size > 1000
+    assert "| 10.00 ± 0.00 |  |" in first  # all minus baseline, paired; no "oIoU - all" cell for it
+    assert "| 15.00 ± 0.00 | 5.00 ± 0.00 |" in first  # order_free minus baseline and minus all
+    summary = json.loads((keep / "summary.json").read_text())
+    assert summary["curves"]["all"]["1"][0]["step"] == 5
+
+    shutil.rmtree(out)  # a later session on a fresh machine: the kept results are the runs
+    commands.clear()
+    mod.main()
+    assert commands == [] and capsys.readouterr().out.split("\n\n", 1)[1] == first.split("\n\n", 1)[1]
+    monkeypatch.setattr("sys.argv", argv + ["--epochs", "3"])
+    with pytest.raises(SystemExit, match="baseline_s0.json holds a run of another budget"):
+        mod.main()
+
+
+def test_ablation_one_failed_run_does_not_stop_the_others(tmp_path, monkeypatch):
+    mod = load_script("ablation")
+    commands = []
+    monkeypatch.setattr(mod, "run", _fake_ablation_run(mod, commands, fail=("all_s0",)))
+    monkeypatch.setattr(mod, "prepare", lambda args: None)
+    monkeypatch.setattr("sys.argv", ["ablation.py", "--variants", "baseline", "all", "--seeds", "0", "--jobs", "2",
+                                     "--out", str(tmp_path / "runs"), "--keep", str(tmp_path / "keep")])
+    with pytest.raises(SystemExit, match=r"runs FAILED.*\n  all seed 0 .*all_s0"):
+        mod.main()
+    assert (tmp_path / "keep" / "runs" / "baseline_s0.json").exists()
+    assert not (tmp_path / "keep" / "runs" / "all_s0.json").exists()
+
+
+def test_ablation_prepares_the_backbone_and_feature_cache_once_before_training(tmp_path, monkeypatch):
+    """The default recipe's backbone file comes from the shipped stage 1 and its memo is filled
+    once, before any run trains, whatever --jobs says."""
+    mod = load_script("ablation")
+    commands = []
+    fake = _fake_ablation_run(mod, commands)
+
+    def run(cmd, log=None, threads=None):  # the two preparing commands write their files
+        fake(cmd, log, threads)
+        made = {"mmi.engine.checkpoint": cmd[-1], "mmi.model.feature_cache": mod_config["train"]["feature_cache_file"]}
+        for module, path in made.items():
+            if module in cmd:
+                (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / path).write_bytes(b"x")
+
+    monkeypatch.setattr(mod, "run", run)
+    monkeypatch.setattr(mod, "ROOT", str(tmp_path))  # neither file exists under this root
+    monkeypatch.setattr(mod, "load_config", lambda p: mod_config)
+    from mmi.engine.config import load_config
+
+    mod_config = load_config(str(ROOT / "configs" / "ablation_synref.json"))
+    monkeypatch.setattr("sys.argv", ["ablation.py", "--variants", "baseline", "all", "--seeds", "0", "--jobs", "2",
+                                     "--out", str(tmp_path / "runs")])
+    mod.main()
+    cmds = [" ".join(c) for c, _, _ in commands]
+    assert sum("mmi.engine.checkpoint backbone assets/recipes/gpu/stage1b.pt" in c for c in cmds) == 1
+    assert sum("mmi.model.feature_cache --config configs/ablation_synref.json" in c for c in cmds) == 1
+    first_train = min(i for i, c in enumerate(cmds) if "train.py" in c)
+    assert all("train.py" not in c for c in cmds[:2]) and first_train == 2
 
 
 def test_fetch_wheels_slims_the_spacy_wheel_to_the_words_asked(tmp_path):

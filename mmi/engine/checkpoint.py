@@ -257,6 +257,17 @@ def export_inference(train_ckpt: str, out: str, half: bool = False) -> dict:
     return meta
 
 
+def export_backbone(ckpt: str, out: str) -> int:
+    """Write the backbone weights of an MMI checkpoint (inference or training) as a plain state
+    dict, the form a ``backbone_weights`` file path reads; returns the number of tensors."""
+    obj = read_checkpoint(ckpt)
+    state = {k[len("backbone."):]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
+    if not state:
+        raise CheckpointError(f"{ckpt}: no backbone weights in it (no 'backbone.*' keys)")
+    atomic_save(state, out)
+    return len(state)
+
+
 # ----------------------------------------------------------------------------- RNG state
 
 def get_rng_state() -> dict:
@@ -324,3 +335,24 @@ def load_training(path: str, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"{path} is an inference checkpoint ({obj['format']}); --resume needs a training "
                               f"checkpoint such as RUN/last.pt")
     return obj
+
+
+def main(argv=None) -> None:
+    """``python -m mmi.engine.checkpoint backbone CKPT OUT``: the backbone of a checkpoint as a state dict."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("backbone", help="write a checkpoint's backbone weights as a plain state dict")
+    b.add_argument("checkpoint")
+    b.add_argument("out")
+    args = ap.parse_args(argv)
+    try:
+        n = export_backbone(args.checkpoint, args.out)
+    except CheckpointError as e:
+        raise SystemExit(str(e))
+    print(f"{args.out}: {n} backbone tensors of {args.checkpoint}")
+
+
+if __name__ == "__main__":
+    main()
