@@ -41,6 +41,8 @@ mean ± half the range over seeds, and writes ``<out>/summary.json`` (and ``DIR/
 The column "oIoU - baseline" pairs runs by seed (each variant's oIoU minus the baseline's
 with the same seed), which separates a module's effect from the seed's; "oIoU - all" does
 the same for the fusion row. ``--plot`` draws every run's validation curve on one figure.
+``--report`` trains nothing and makes the tables of the runs finished so far (a row's label
+names its seeds when some are missing; pairs only over the seeds both runs have).
 """
 from __future__ import annotations
 
@@ -202,6 +204,8 @@ def one(variant: str, seed: int, preset: str, recipe: dict, args) -> dict:
     if found:
         same_budget(out, found[0], want, found[1] or preset)
     if not os.path.exists(result_path):
+        if args.report:
+            return None
         prepare(args)
         os.makedirs(out, exist_ok=True)
         log = os.path.join(out, "train.txt") if args.jobs > 1 else None
@@ -252,7 +256,7 @@ def table(summary: dict, columns, cell) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: dict[str, list[dict]], seeds: list[int], path: str, title: str) -> None:
+def plot(rows: dict[str, dict[int, dict]], path: str, title: str) -> None:
     """Every run's validation curve (oIoU against step), one colour per variant, one line style per seed."""
     import matplotlib
 
@@ -262,10 +266,10 @@ def plot(rows: dict[str, list[dict]], seeds: list[int], path: str, title: str) -
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = ["-", "--", ":", "-."]
     for i, (v, res) in enumerate(rows.items()):
-        for j, (seed, r) in enumerate(zip(seeds, res)):
+        for seed, r in res.items():
             c = r.get("curve") or []
             if c:
-                ax.plot([p["step"] for p in c], [p["oIoU"] for p in c], styles[j % len(styles)], color=f"C{i}",
+                ax.plot([p["step"] for p in c], [p["oIoU"] for p in c], styles[seed % len(styles)], color=f"C{i}",
                         label=f"{v} (seed {seed})", linewidth=1.4)
     ax.set_xlabel("step (batch 16)")
     ax.set_ylabel("validation oIoU (%)")
@@ -297,6 +301,8 @@ def main() -> None:
     ap.add_argument("--out", default="runs/ablation_cpu")
     ap.add_argument("--keep", default=None, help="copy each finished run's result to KEEP/runs/ (and the summary to KEEP)")
     ap.add_argument("--plot", default=None, help="draw every run's validation curve to this PNG")
+    ap.add_argument("--report", action="store_true",
+                    help="train nothing: the tables of the runs finished so far (the others named on stderr)")
     args = ap.parse_args()
     args.config = args.config or (LEGACY_CONFIG if args.legacy else CONFIG)
     cfg = load_config(os.path.join(ROOT, args.config))
@@ -321,33 +327,42 @@ def main() -> None:
         results = dict(zip(tasks, pool.map(task, tasks)))
     if failed:
         raise SystemExit("runs FAILED (finished ones are kept; run again to resume):\n  " + "\n  ".join(failed))
-    rows = {v: [results[(v, s)] for s in args.seeds] for v in args.variants}
+    # {variant: {seed: result}}, finished runs only (--report leaves the others out)
+    rows = {v: {s: results[(v, s)] for s in args.seeds if results[(v, s)] is not None} for v in args.variants}
+    missing = [f"{v} seed {s}" for v in args.variants for s in args.seeds if results[(v, s)] is None]
+    if missing:
+        print("not finished, left out of the tables: " + ", ".join(missing), file=sys.stderr)
+    rows = {v: res for v, res in rows.items() if res}
     print(f"\nsynref/{args.split} ({f'first {args.max_items}' if args.max_items else 'all'} expressions), "
           f"{args.epochs} epoch(s) of at most {args.steps} steps x batch {cfg['data']['batch_size']}, "
           f"{args.config}, seeds {args.seeds}; mean ± half-range over seeds\n")
-    types = [t for t in TYPES if all(t in r.get("by_type", {}) for res in rows.values() for r in res)]
+    types = [t for t in TYPES if all(t in r.get("by_type", {}) for res in rows.values() for r in res.values())]
     summary = {}
     for v, res in rows.items():
-        summary[v] = {key: spread([r["totals"][key] for r in res]) for key in METRICS}
-        summary[v]["by_type"] = {t: spread([r["by_type"][t]["oIoU"] for r in res]) for t in types}
+        summary[v] = {key: spread([r["totals"][key] for r in res.values()]) for key in METRICS}
+        summary[v]["seeds"] = list(res)
+        summary[v]["by_type"] = {t: spread([r["by_type"][t]["oIoU"] for r in res.values()]) for t in types}
         for ref in ("baseline", "all"):  # paired by seed: each run minus the reference run of the same seed
-            if ref in rows and (ref == "baseline" or v == "all_order_free"):
-                summary[v][f"oIoU - {ref}"] = spread([r["totals"]["oIoU"] - b["totals"]["oIoU"]
-                                                      for r, b in zip(res, rows[ref])])
+            both = [s for s in res if s in rows.get(ref, {})]
+            if both and (ref == "baseline" or v == "all_order_free"):
+                summary[v][f"oIoU - {ref}"] = spread([res[s]["totals"]["oIoU"] - rows[ref][s]["totals"]["oIoU"]
+                                                      for s in both])
+    label = {v: v if len(res) == len(args.seeds) else f"{v} (seed {', '.join(map(str, res))})" for v, res in rows.items()}
+    shown = {label[v]: summary[v] for v in summary}
     paired = tuple(c for c in ("oIoU - baseline", "oIoU - all") if any(c in s for s in summary.values()))
-    print(table(summary, METRICS + paired, lambda v, k: summary[v].get(k)))
+    print(table(shown, METRICS + paired, lambda v, k: shown[v].get(k)))
     if types:
         print("\noIoU by expression type\n")
-        print(table(summary, types, lambda v, t: summary[v]["by_type"][t]))
+        print(table(shown, types, lambda v, t: shown[v]["by_type"][t]))
     doc = {"args": vars(args), "variants": {v: variants(args.legacy)[v] for v in args.variants}, "results": summary,
-           "curves": {v: {str(s): r.get("curve", []) for s, r in zip(args.seeds, res)} for v, res in rows.items()}}
+           "missing": missing, "curves": {v: {str(s): r.get("curve", []) for s, r in res.items()} for v, res in rows.items()}}
     for folder in {args.out, args.keep} - {None}:
         os.makedirs(folder, exist_ok=True)
         with open(os.path.join(folder, "summary.json"), "w") as f:
             json.dump(doc, f, indent=1)
     if args.plot:
-        plot(rows, args.seeds, args.plot, f"synref/val, first {cfg['data']['val_max_items']} expressions, "
-                                          f"during training ({args.config})")
+        plot(rows, args.plot, f"synref/val, first {cfg['data']['val_max_items']} expressions, during training "
+                              f"({args.config})")
 
 
 if __name__ == "__main__":

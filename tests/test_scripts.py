@@ -274,6 +274,18 @@ def test_ablation_keeps_finished_runs_outside_runs_and_resumes_from_them(tmp_pat
     with pytest.raises(SystemExit, match="baseline_s0.json holds a run of another budget"):
         mod.main()
 
+    # --report: the finished runs only, nothing trained, the missing ones named
+    (keep / "runs" / "all_s1.json").unlink()
+    (keep / "runs" / "baseline_s0.json").unlink()
+    monkeypatch.setattr("sys.argv", argv + ["--report"])
+    mod.main()
+    captured = capsys.readouterr()
+    assert commands == [] and "left out of the tables: baseline seed 0, all seed 1" in captured.err
+    assert "| baseline (seed 1) | 32.00 ± 0.00 |" in captured.out and "| all (seed 0) | 40.00 ± 0.00 |" in captured.out
+    # order_free paired with the baseline on seed 1 only, with "all" on seed 0 only
+    assert "| all_order_free | 46.00 ± 1.00 | 46.00 ± 1.00 | 46.00 ± 1.00 | 46.00 ± 1.00 | 46.00 ± 1.00 | 15.00 ± 0.00 | 5.00 ± 0.00 |" in captured.out
+    assert json.loads((keep / "summary.json").read_text())["results"]["all"]["seeds"] == [0]
+
 
 def test_ablation_one_failed_run_does_not_stop_the_others(tmp_path, monkeypatch):
     mod = load_script("ablation")
