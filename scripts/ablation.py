@@ -256,6 +256,22 @@ def table(summary: dict, columns, cell) -> str:
     return "\n".join(lines)
 
 
+def by_seed(rows: dict[str, dict[int, dict]], seeds: list[int]) -> str:
+    """Markdown table of each run's oIoU (%) by seed, then its difference from the baseline run of
+    the same seed; "–" where a run is not finished."""
+    def cell(v, s, minus=None):
+        r, b = rows[v].get(s), rows.get("baseline", {}).get(s) if minus else None
+        if r is None or (minus and b is None):
+            return "–"
+        return f"{100 * (r['totals']['oIoU'] - (b['totals']['oIoU'] if minus else 0)):+.2f}" if minus else \
+            f"{100 * r['totals']['oIoU']:.2f}"
+    head = [f"s{s}" for s in seeds] + [f"− baseline s{s}" for s in seeds]
+    lines = ["| variant | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for v in rows:
+        lines.append(f"| {v} | " + " | ".join([cell(v, s) for s in seeds] + [cell(v, s, True) for s in seeds]) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows: dict[str, dict[int, dict]], path: str, title: str) -> None:
     """Every run's validation curve (oIoU against step), one colour per variant, one line style per seed."""
     import matplotlib
@@ -351,6 +367,8 @@ def main() -> None:
     shown = {label[v]: summary[v] for v in summary}
     paired = tuple(c for c in ("oIoU - baseline", "oIoU - all") if any(c in s for s in summary.values()))
     print(table(shown, METRICS + paired, lambda v, k: shown[v].get(k)))
+    print("\noIoU of each run, and minus the baseline's of the same seed\n")
+    print(by_seed(rows, args.seeds))
     if types:
         print("\noIoU by expression type\n")
         print(table(shown, types, lambda v, t: shown[v]["by_type"][t]))

@@ -285,6 +285,9 @@ def test_ablation_keeps_finished_runs_outside_runs_and_resumes_from_them(tmp_pat
     # order_free paired with the baseline on seed 1 only, with "all" on seed 0 only
     assert "| all_order_free | 46.00 ± 1.00 | 46.00 ± 1.00 | 46.00 ± 1.00 | 46.00 ± 1.00 | 46.00 ± 1.00 | 15.00 ± 0.00 | 5.00 ± 0.00 |" in captured.out
     assert json.loads((keep / "summary.json").read_text())["results"]["all"]["seeds"] == [0]
+    assert "| all | 40.00 | – | – | – |" in captured.out  # by seed: all's seed 1 and baseline's seed 0 missing
+    assert "| all_order_free | 45.00 | 47.00 | – | +15.00 |" in captured.out
+    assert "| baseline | – | 32.00 | – | +0.00 |" in captured.out
 
 
 def test_ablation_one_failed_run_does_not_stop_the_others(tmp_path, monkeypatch):
