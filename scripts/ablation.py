@@ -95,12 +95,6 @@ def run(cmd: list[str], log: str | None = None, threads: int | None = None) -> N
         subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
-def config_overrides(path: str) -> dict:
-    """The recipe's own model overrides (frozen backbone, Dice, language_norm, ...); the
-    variant's switches (and ``--image-size``) are applied on top."""
-    return dict(load_config(os.path.join(ROOT, path))["model"]["overrides"] or {})
-
-
 def model_settings(preset: str, over: dict, stored: bool = False) -> dict | None:
     """Every model setting ``over`` gives on ``preset``; a ``stored`` run's overrides are read
     as a checkpoint's config is (``presets.legacy_config``: missing new keys take their
@@ -170,12 +164,11 @@ def record(variant: str, seed: int, want: dict, result: dict, out: str, args) ->
 _PREPARED = threading.Lock()
 
 
-def prepare(args) -> None:
+def prepare(args, cfg: dict) -> None:
     """Before the first run trains (once, whatever --jobs): the recipe's backbone file, taken from
     the shipped model's stage 1 (``BACKBONE_SOURCE``) when the recipe is this script's own, and its
     feature-cache file, so parallel runs neither compute the backbone nor write the memo twice."""
     with _PREPARED:
-        cfg = load_config(os.path.join(ROOT, args.config))
         backbone = (cfg["model"]["overrides"] or {}).get("backbone_weights")
         if args.config == CONFIG and backbone and not os.path.exists(os.path.join(ROOT, backbone)):
             run([sys.executable, "-m", "mmi.engine.checkpoint", "backbone", BACKBONE_SOURCE, backbone])
@@ -185,12 +178,14 @@ def prepare(args) -> None:
                  "--set", f"data.root={args.data_root}"])
 
 
-def one(variant: str, seed: int, preset: str, recipe: dict, args) -> dict:
-    """Train and evaluate one variant with one seed, unless done; its result ({"totals", "by_type", ...})."""
+def one(variant: str, seed: int, cfg: dict, args) -> dict | None:
+    """Train and evaluate one variant with one seed on the recipe ``cfg``, unless done; its result
+    ({"totals", "by_type", "curve", ...}), or None with --report when it is not finished."""
+    preset = cfg["model"]["preset"]
     name = f"{variant.strip('+')}_s{seed}"
     out = os.path.join(args.out, name)
     result_path = os.path.join(out, f"eval_{args.split}.json")
-    over = dict(recipe, **variants(args.legacy)[variant])
+    over = dict(cfg["model"]["overrides"] or {}, **variants(args.legacy)[variant])
     if args.image_size:
         over["image_size"] = args.image_size
     want = budget(args, seed, over)
@@ -206,7 +201,7 @@ def one(variant: str, seed: int, preset: str, recipe: dict, args) -> dict:
     if not os.path.exists(result_path):
         if args.report:
             return None
-        prepare(args)
+        prepare(args, cfg)
         os.makedirs(out, exist_ok=True)
         log = os.path.join(out, "train.txt") if args.jobs > 1 else None
         threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
@@ -328,13 +323,12 @@ def main() -> None:
     else:
         args.epochs = args.epochs or cfg["train"]["epochs"]
         args.steps = args.steps or cfg["train"]["max_steps_per_epoch"]
-    preset, recipe = cfg["model"]["preset"], dict(cfg["model"]["overrides"] or {})
     tasks = [(v, s) for s in args.seeds for v in args.variants]  # seed by seed: each seed's table fills first
     failed = []
 
     def task(vs):
         try:
-            return one(vs[0], vs[1], preset, recipe, args)
+            return one(vs[0], vs[1], cfg, args)
         except subprocess.CalledProcessError as e:
             failed.append(f"{vs[0]} seed {vs[1]} ({e}; its log: {os.path.join(args.out, vs[0].strip('+') + '_s' + str(vs[1]))})")
             return None

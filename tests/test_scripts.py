@@ -41,6 +41,13 @@ def test_train_speed_splits_legs_at_resume_and_reports_validation(tmp_path, caps
     assert "| 1 | 3 | 25.00 | 50.00 | 12.50 |" in out
 
 
+def recipe_overrides(path: str) -> dict:
+    """A recipe's model overrides, on which ablation.py sets each variant's switches."""
+    from mmi.engine.config import load_config
+
+    return dict(load_config(str(ROOT / path))["model"]["overrides"] or {})
+
+
 def test_ablation_summarises_finished_runs_by_metric_and_type_without_training(tmp_path, capsys, monkeypatch):
     mod = load_script("ablation")
     for variant, base in (("baseline", 0.2), ("all", 0.4)):
@@ -74,7 +81,7 @@ def test_ablation_refuses_a_finished_run_of_another_budget(tmp_path, monkeypatch
     run.mkdir()
     (run / "eval_val.json").write_text(json.dumps({"totals": {}, "by_type": {}}))
     mod = load_script("ablation")
-    over = dict(mod.config_overrides("configs/demo_synref.json"), **mod.VARIANTS["baseline"], image_size=192)
+    over = dict(recipe_overrides("configs/demo_synref.json"), **mod.VARIANTS["baseline"], image_size=192)
     cfg = {"train": {"epochs": 1, "max_steps_per_epoch": 400, "seed": 0}, "model": {"overrides": over}}
     (run / "config.json").write_text(json.dumps(cfg))
     monkeypatch.setattr(mod, "run", lambda cmd, *a: pytest.fail(f"nothing may be trained: {cmd}"))
@@ -157,7 +164,7 @@ def test_ablation_variants_differ_by_one_switch_and_build(tmp_path, monkeypatch)
     v = mod.variants()
     assert v["baseline"]["attention"] == "generic_lav" and v["+mutual"]["attention"] == "mutual"
     assert {k for k in v["baseline"] if v["baseline"][k] != v["+mutual"][k]} == {"attention"}
-    recipe = mod.config_overrides("configs/demo_synref.json")
+    recipe = recipe_overrides("configs/demo_synref.json")
     for name, over in v.items():
         cfg = resolve_config("demo", 10, **dict(recipe, **over))
         assert cfg["word_gate"] is False and cfg["imi_values"] == "language" and cfg["lfr_target"] == "clean", name
@@ -189,7 +196,7 @@ def test_ablation_legacy_reuses_runs_written_before_the_rename(tmp_path, monkeyp
     mod = load_script("ablation")
     run = tmp_path / "baseline_s0"
     run.mkdir()
-    old = dict(mod.config_overrides("configs/demo_synref.json"), attention="generic", imi=False, lfr=False, image_size=192)
+    old = dict(recipe_overrides("configs/demo_synref.json"), attention="generic", imi=False, lfr=False, image_size=192)
     cfg = {"train": {"epochs": 2, "max_steps_per_epoch": 1681, "seed": 0}, "model": {"preset": "demo", "overrides": old}}
     (run / "config.json").write_text(json.dumps(cfg))
     (run / "eval_val.json").write_text(json.dumps({"totals": {k: 0.25 for k in mod.METRICS}, "by_type": {}}))
@@ -245,8 +252,7 @@ def test_ablation_keeps_finished_runs_outside_runs_and_resumes_from_them(tmp_pat
     mod = load_script("ablation")
     commands = []
     monkeypatch.setattr(mod, "run", _fake_ablation_run(mod, commands))
-    (tmp_path / "backbone.pth").write_bytes(b"x")  # the recipe's inputs exist: nothing to prepare
-    monkeypatch.setattr(mod, "prepare", lambda args: None)
+    monkeypatch.setattr(mod, "prepare", lambda args, cfg: None)  # the recipe's inputs: tested below
     out, keep, png = tmp_path / "runs", tmp_path / "keep", tmp_path / "curves.png"
     argv = ["ablation.py", "--variants", "baseline", "all", "all_order_free", "--seeds", "0", "1", "--jobs", "2",
             "--out", str(out), "--keep", str(keep), "--plot", str(png)]
@@ -294,7 +300,7 @@ def test_ablation_one_failed_run_does_not_stop_the_others(tmp_path, monkeypatch)
     mod = load_script("ablation")
     commands = []
     monkeypatch.setattr(mod, "run", _fake_ablation_run(mod, commands, fail=("all_s0",)))
-    monkeypatch.setattr(mod, "prepare", lambda args: None)
+    monkeypatch.setattr(mod, "prepare", lambda args, cfg: None)
     monkeypatch.setattr("sys.argv", ["ablation.py", "--variants", "baseline", "all", "--seeds", "0", "--jobs", "2",
                                      "--out", str(tmp_path / "runs"), "--keep", str(tmp_path / "keep")])
     with pytest.raises(SystemExit, match=r"runs FAILED.*\n  all seed 0 .*all_s0"):

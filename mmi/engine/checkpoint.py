@@ -257,13 +257,19 @@ def export_inference(train_ckpt: str, out: str, half: bool = False) -> dict:
     return meta
 
 
-def export_backbone(ckpt: str, out: str) -> int:
-    """Write the backbone weights of an MMI checkpoint (inference or training) as a plain state
-    dict, the form a ``backbone_weights`` file path reads; returns the number of tensors."""
-    obj = read_checkpoint(ckpt)
-    state = {k[len("backbone."):]: v for k, v in obj["model"].items() if k.startswith("backbone.")}
+def backbone_state(ckpt: str) -> dict[str, torch.Tensor]:
+    """The backbone weights of an MMI checkpoint (inference or training), keyed as the backbone's
+    own state dict; :class:`CheckpointError` when it holds none."""
+    state = {k[len("backbone."):]: v for k, v in read_checkpoint(ckpt)["model"].items() if k.startswith("backbone.")}
     if not state:
         raise CheckpointError(f"{ckpt}: no backbone weights in it (no 'backbone.*' keys)")
+    return state
+
+
+def export_backbone(ckpt: str, out: str) -> int:
+    """Write :func:`backbone_state` of ``ckpt`` as a plain state dict, the form a
+    ``backbone_weights`` file path reads; returns the number of tensors."""
+    state = backbone_state(ckpt)
     atomic_save(state, out)
     return len(state)
 

@@ -146,11 +146,10 @@ def main(argv=None) -> None:
     over = dict(cfg["model"]["overrides"])
     init = cfg["train"]["init_from"]
     if init:  # the backbone of the run's starting checkpoint (its weights make the cache's fingerprint)
-        from ..engine.checkpoint import read_checkpoint
+        from ..engine.checkpoint import backbone_state
 
-        state = read_checkpoint(init)["model"]
         model = build_model(cfg["model"]["preset"], 2, **dict(over, backbone_weights="random")).eval()
-        model.backbone.load_state_dict({k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")})
+        model.backbone.load_state_dict(backbone_state(init))
     else:
         model = build_model(cfg["model"]["preset"], 2, **over).eval()
     cache = FeatureCache(int(float(cfg["train"]["cache_backbone_gb"]) * 2**30) or 2**62)
