@@ -360,3 +360,33 @@ def test_mobilenet_path_and_missing_wheel(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(mobilenet_module, "WEIGHTS_PACKAGE", "no_such_weights_package_xyz")
     with pytest.raises(FileNotFoundError, match="no_such_weights_package_xyz.*not installed"):
         build_backbone("mobilenet_v2", weights="default")
+
+
+@pytest.mark.parametrize("name", ["tiny", "mobilenet_v2"])
+def test_frozen_blocks_split_the_chain_exactly(name) -> None:
+    """For every number of fixed blocks, the fixed part's outputs fed to forward_from give the
+    whole backbone's maps; only the trained blocks get gradients; the fixed ones keep eval mode."""
+    torch.manual_seed(0)
+    backbone = build_backbone(name, weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = backbone(x)
+    blocks = backbone.blocks()
+    for n in range(len(blocks)):
+        backbone.freeze_blocks(n)
+        with torch.no_grad():
+            parts = backbone.frozen_part()(x)
+            out = backbone.forward_from(parts)
+        assert len(out) == 3 and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(out, ref)), n
+        assert len(parts) == sum(t < n for t in backbone.taps) + (n == 0 or n - 1 not in backbone.taps)
+    n = len(blocks) - 1
+    backbone.freeze_blocks(n)
+    backbone.train()
+    assert not any(b.training for b in blocks[:n]) and blocks[n].training
+    stats = {k: v.clone() for k, v in blocks[0].state_dict().items()}
+    sum(f.sum() for f in backbone(x)).backward()
+    assert all(p.grad is None for b in blocks[:n] for p in b.parameters())
+    assert all(p.grad is not None for p in blocks[n].parameters())
+    assert all(torch.equal(stats[k], v) for k, v in blocks[0].state_dict().items())
+    with pytest.raises(ValueError, match="frozen blocks"):
+        backbone.freeze_blocks(len(blocks))

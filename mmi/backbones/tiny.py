@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 
-from torch import Tensor, nn
+from torch import nn
 
+from .blocks import BlockChain
 from .loading import load_checked, read_state_dict
 
 
@@ -21,7 +22,7 @@ def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
-class TinyBackbone(nn.Module):
+class TinyBackbone(BlockChain):
     """Five stride-2 conv-BN-ReLU layers; the last three give strides 8, 16, 32.
 
     Arguments:
@@ -41,12 +42,11 @@ class TinyBackbone(nn.Module):
         self.out_channels: tuple[int, int, int] = (width, 2 * width, 4 * width)
         self.weights_source = "random init"
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """x (B,3,S,S) -> [(B,C1,S/8,S/8), (B,C2,S/16,S/16), (B,C3,S/32,S/32)]."""
-        f8 = self.stage8(self.stem(x))
-        f16 = self.stage16(f8)
-        f32 = self.stage32(f16)
-        return [f8, f16, f32]
+    taps = (1, 2, 3)
+
+    def blocks(self) -> list[nn.Module]:
+        """x (B,3,S,S) -> [(B,C1,S/8,S/8), (B,C2,S/16,S/16), (B,C3,S/32,S/32)] through these."""
+        return [self.stem, self.stage8, self.stage16, self.stage32]
 
 
 def build_tiny(weights: str | os.PathLike[str] | None = "default", width: int = 16) -> TinyBackbone:

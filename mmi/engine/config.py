@@ -79,7 +79,8 @@ DEFAULTS: dict[str, Any] = {
         "val_every": 1,              # validate every N epochs; 0 disables validation and best.pt
         "save_every_steps": 0,       # also write last.pt every N optimiser steps (0: per epoch only)
         "log_every": 10,             # steps between log.jsonl lines
-        "cache_backbone_gb": 0.0,    # with model.overrides.frozen_backbone: memo its outputs (GB of RAM, fp16)
+        "cache_backbone_gb": 0.0,    # with model.overrides.frozen_backbone (or backbone_frozen_blocks): memo the
+                                     # outputs of the fixed backbone (or of its fixed blocks), GB of RAM, fp16
         "feature_cache_file": None,  # ... read at the start and written after each epoch (feature_cache.py)
         "init_from": None,           # a checkpoint (inference or training) whose weights and vocabulary start a new run
         "sync_bn": False,            # SyncBatchNorm across GPUs (CUDA only)

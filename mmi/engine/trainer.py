@@ -273,14 +273,14 @@ class Trainer:
                                                spacy=wv["source"] == "spacy")
             model.set_word_vectors(table)
         model.to(self.device)
-        if model.frozen_backbone and float(t["cache_backbone_gb"]) > 0:
+        if model.memoised_part() is not None and float(t["cache_backbone_gb"]) > 0:
             from ..model.feature_cache import FeatureCache
 
             model.feature_cache = FeatureCache(int(float(t["cache_backbone_gb"]) * 2**30))
             path = t["feature_cache_file"]
             if path and os.path.exists(path):
                 try:
-                    n = model.feature_cache.load(path, model.backbone)
+                    n = model.feature_cache.load(path, model.memoised_part())
                     print(f"feature cache: {n} images from {path}", flush=True)
                 except ValueError as e:
                     print(f"warning: feature cache not used: {e}", flush=True)
@@ -524,7 +524,7 @@ class Trainer:
         if cache is None or not path or not cache.unsaved or not self.info.is_main:
             return
         try:
-            cache.save(path, self.model.backbone)
+            cache.save(path, self.model.memoised_part())
         except OSError as e:  # a full disk must not stop the run: the memo is only a speed-up
             print(f"warning: could not write the feature cache {path}: {e}", flush=True)
 

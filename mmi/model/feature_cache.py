@@ -1,7 +1,8 @@
 """A memo of a frozen backbone's outputs, keyed by the input image's content.
 
 With ``frozen_backbone`` and no data augmentation, the backbone's outputs for an image
-never change during training, so computing them once and reusing them each epoch is
+never change during training (nor, with ``backbone_frozen_blocks``, those of its fixed
+first blocks: then those are memoised, ``MMI.memoised_part``), so computing them once and reusing them each epoch is
 exact up to the storage precision. On a CPU this makes head-only training several
 times faster. Outputs are stored on the CPU in fp16 (``dtype``) to halve the memory;
 once ``max_bytes`` is reached, new images are computed but not stored.
@@ -34,7 +35,8 @@ def backbone_fingerprint(backbone: nn.Module) -> str:
 
 
 class FeatureCache:
-    """``cache(backbone, image (B, 3, S, S)) -> [f8, f16, f32]``, computing only images not seen before."""
+    """``cache(backbone, image (B, 3, S, S)) -> backbone(image)`` (a list of maps: [f8, f16, f32]
+    for a whole backbone), computing only images not seen before."""
 
     def __init__(self, max_bytes: int, dtype: torch.dtype = torch.float16):
         self.max_bytes, self.dtype = int(max_bytes), dtype
@@ -66,7 +68,7 @@ class FeatureCache:
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         levels = []
-        for level in range(3):
+        for level in range(len(fresh[missing[0]]) if missing else len(self.store[keys[0]])):
             parts = [fresh[i][level] if i in fresh else self.store[k][level].to(image.device, image.dtype)
                      for i, k in enumerate(keys)]
             levels.append(torch.stack(parts))
@@ -78,7 +80,7 @@ class FeatureCache:
         keys = list(self.store)
         if not keys:
             return 0
-        levels = [torch.stack([self.store[k][i] for k in keys]) for i in range(3)]
+        levels = [torch.stack([self.store[k][i] for k in keys]) for i in range(len(self.store[keys[0]]))]
         data = {"format": FORMAT, "backbone": backbone_fingerprint(backbone),
                 "keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8).view(len(keys), -1).clone(),
                 "levels": levels}
@@ -152,9 +154,13 @@ def main(argv=None) -> None:
         model.backbone.load_state_dict(backbone_state(init))
     else:
         model = build_model(cfg["model"]["preset"], 2, **over).eval()
+    part = model.memoised_part()
+    if part is None:
+        raise SystemExit("the config's model trains its whole backbone: nothing to memoise (set "
+                         "model.overrides.frozen_backbone or backbone_frozen_blocks)")
     cache = FeatureCache(int(float(cfg["train"]["cache_backbone_gb"]) * 2**30) or 2**62)
     if os.path.exists(path):
-        print(f"{path}: {cache.load(path, model.backbone)} entries already there")
+        print(f"{path}: {cache.load(path, part)} entries already there")
     d = cfg["data"]
     for split in (d["train_split"], d["val_split"]):
         ds = build_dataset(d["dataset"], d["root"], split, model.image_size, Vocabulary([]), model.t_max, train=False,
@@ -165,8 +171,8 @@ def main(argv=None) -> None:
         idx = list(first.values())
         with torch.no_grad():
             for s in tqdm(range(0, len(idx), args.batch), desc=f"{split} images", unit="batch"):
-                cache(model.backbone, torch.stack([ds[i]["image"] for i in idx[s:s + args.batch]]))
-    n = cache.save(path, model.backbone)
+                cache(part, torch.stack([ds[i]["image"] for i in idx[s:s + args.batch]]))
+    n = cache.save(path, part)
     print(f"{path}: {n} images, {cache.bytes / 2**30:.2f} GiB")
 
 

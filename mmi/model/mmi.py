@@ -55,7 +55,7 @@ class MMI(nn.Module):
         self.lfr_weight, self.mask_weight, self.dice_weight = lfr_weight, mask_weight, dice_weight
         self.config = dict(config or {})
         self.frozen_backbone = frozen_backbone
-        self.feature_cache = None  # a FeatureCache for a frozen backbone (training speed-up), not saved
+        self.feature_cache = None  # a FeatureCache of memoised_part()'s outputs (training speed-up), not saved
         if frozen_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -67,6 +67,16 @@ class MMI(nn.Module):
         if self.frozen_backbone:
             self.backbone.eval()
         return self
+
+    def memoised_part(self) -> nn.Module | None:
+        """The part of the backbone whose outputs never change in training, for a FeatureCache:
+        the whole backbone when frozen, its fixed first blocks when only those are
+        (``backbone_frozen_blocks``), None when all of it trains."""
+        if self.frozen_backbone:
+            return self.backbone
+        if getattr(self.backbone, "frozen_blocks", 0):
+            return self.backbone.frozen_part()
+        return None
 
     def set_word_vectors(self, table: torch.Tensor) -> None:
         """Initialise the word embedding from a (V, word_dim) table."""
@@ -80,8 +90,11 @@ class MMI(nn.Module):
         """image (B, 3, S, S) -> language-free features: ``pixels`` (B, HW, C), ``pos``
         (1, HW, C), ``skip`` (B, C', S/8, S/8), the mask head's projection of the stride-8
         level, and ``hw`` (H, W)."""
-        if self.feature_cache is not None and self.frozen_backbone:
-            feats = self.feature_cache(self.backbone, image)
+        part = self.memoised_part() if self.feature_cache is not None else None
+        if part is self.backbone:
+            feats = self.feature_cache(part, image)
+        elif part is not None:  # the fixed blocks memoised, the trained ones run
+            feats = self.backbone.forward_from(self.feature_cache(part, image))
         else:
             feats = self.backbone(image)
         pixels, pos, hw = self.vision(feats)

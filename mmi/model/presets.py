@@ -12,7 +12,9 @@ Settings:
     decoder), t_max (T), word_dim, attention ("mutual" | "generic_lav" | "pixel_query",
     attention.py), fusion ("product" | "order_free"), imi, imi_values ("language" |
     "context", decoder.py), lfr, lfr_target ("clean" | "dropout", lfr.py), lfr_weight,
-    mask_weight, dropout, frozen_backbone (train the head only), dice_weight (an optional
+    mask_weight, dropout, frozen_backbone (train the head only), backbone_frozen_blocks (keep
+    the backbone's first N blocks fixed and train the rest: a partly trained backbone,
+    backbones/blocks.py; 0, the default, trains all of it unless frozen_backbone), dice_weight (an optional
     Dice term beside the paper's BCE; 0 by default), word_gate, sentence_fusion,
     language_norm (fusion.py, language.py), coord_features (the 8-D spatial map of MCN/VLT
     concatenated to the visual features, vision.py); all four off by default; aux_weight
@@ -48,6 +50,7 @@ import copy
 from typing import Callable
 
 from ..backbones import NO_DEFAULT_WEIGHTS, WEIGHTS_HELP, build_backbone, weights_record
+from ..backbones.blocks import BlockChain
 from .decoder import MutualDecoder
 from .fusion import SentenceFusion
 from .language import LanguageEncoder
@@ -58,7 +61,8 @@ from .vision import VisionEncoder
 
 _COMMON = dict(backbone_options={}, input_norm="imagenet", encoder_layers=2, decoder_layers=2, word_dim=300,
                attention="mutual", fusion="product", imi=True, imi_values="language", lfr=True, lfr_target="clean",
-               lfr_weight=0.1, mask_weight=1.0, dropout=0.1, t_max=15, frozen_backbone=False, dice_weight=0.0,
+               lfr_weight=0.1, mask_weight=1.0, dropout=0.1, t_max=15, frozen_backbone=False, backbone_frozen_blocks=0,
+               dice_weight=0.0,
                word_gate=False, sentence_fusion=False, language_norm=False, coord_features=False, aux_weight=0.0,
                skip_fusion=False)
 
@@ -126,6 +130,12 @@ def resolve_config(preset: str, vocab_size: int, **overrides) -> dict:
         raise ValueError(f"attention={cfg['attention']!r} is ambiguous since the rename: use 'generic_lav' for the "
                          f"paper's generic attention (words query pixels, LAV only) or 'pixel_query' for the earlier "
                          f"pixels-query-words baseline")
+    n = cfg["backbone_frozen_blocks"]
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"backbone_frozen_blocks must be an integer >= 0, got {n!r}")
+    if n and cfg["frozen_backbone"]:
+        raise ValueError("backbone_frozen_blocks and frozen_backbone together: frozen_backbone already keeps every "
+                         "block fixed; set one of them")
     if cfg["input_norm"] not in INPUT_NORMS:
         raise ValueError(f"unknown input_norm {cfg['input_norm']!r}: use one of {list(INPUT_NORMS)}")
     if not isinstance(cfg["backbone_options"], dict):
@@ -145,6 +155,11 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     cfg = resolve_config(preset, vocab_size, **overrides)
     weights = None if cfg["backbone_weights"] == "random" else cfg["backbone_weights"]
     backbone = build_backbone(cfg["backbone"], weights=weights, **cfg["backbone_options"])
+    if cfg["backbone_frozen_blocks"]:
+        if not isinstance(backbone, BlockChain):
+            raise ValueError(f"backbone_frozen_blocks needs a backbone made of a chain of blocks (mobilenet_v2, tiny); "
+                             f"{cfg['backbone']} is not one")
+        backbone.freeze_blocks(cfg["backbone_frozen_blocks"])
     dim, heads, t_max, drop = cfg["dim"], cfg["heads"], cfg["t_max"], cfg["dropout"]
     vision = VisionEncoder(tuple(backbone.out_channels), dim, heads, cfg["encoder_layers"], drop,
                           coords=cfg["coord_features"])
