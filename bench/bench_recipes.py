@@ -1,9 +1,15 @@
-"""Training-step throughput of recipes (configs), head only, as a frozen, memoised backbone
-trains: the backbone's outputs are given (random tensors of the right shapes), so this
-measures what a training step costs once the feature cache is warm (data loading
-excluded: see the run logs' images_per_s).
+"""Training-step throughput of recipes (configs) as they train from a warm feature cache:
+the memoised outputs are given (computed once from a random image batch), so this measures
+what a training step costs once the cache is warm (data loading excluded: see the run
+logs' images_per_s). A recipe with a frozen backbone (or none named) trains the head
+alone; one with ``backbone_frozen_blocks`` N also runs and trains the blocks after the
+first N.
 
     python bench/bench_recipes.py configs/demo_synref.json configs/demo_synref_fast.json --steps 20
+    python bench/bench_recipes.py configs/demo_synref_stage2.json configs/demo_synref_stage2_partial.json \
+        configs/demo_synref_stage2_partial.json:model.overrides.backbone_frozen_blocks=1 --steps 10
+
+A config may carry overrides after a colon, as ``train.py --set`` takes them, comma-separated.
 
 Each config runs with its own model overrides and its own ``train.amp`` (``auto``
 resolved for this machine); the configs are measured in turns (A B A B ...) so a
@@ -39,14 +45,17 @@ class _Given:
         return self.feats
 
 
-def setup(path: str, batch: int, vocab: int = 300) -> dict:
-    cfg = load_config(path, [])
-    over = dict(cfg["model"]["overrides"], backbone_weights=None, frozen_backbone=True)
+def setup(spec: str, batch: int, vocab: int = 300) -> dict:
+    path, _, sets = spec.partition(":")
+    cfg = load_config(path, [x for x in sets.split(",") if x])
+    over = dict(cfg["model"]["overrides"], backbone_weights=None)
+    if not over.get("backbone_frozen_blocks"):
+        over["frozen_backbone"] = True
     torch.manual_seed(0)
     model = build_model(cfg["model"]["preset"], vocab, **over).train()
     S, T = model.image_size, model.t_max
     with torch.no_grad():
-        feats = [f.detach() for f in model.backbone(torch.randn(batch, 3, S, S))]
+        feats = [f.detach() for f in model.memoised_part()(torch.randn(batch, 3, S, S))]
     model.feature_cache = _Given(feats)
     g = torch.Generator().manual_seed(0)
     mask = torch.zeros(batch, 1, S, S)
@@ -56,7 +65,8 @@ def setup(path: str, batch: int, vocab: int = 300) -> dict:
             "word_mask": torch.arange(T)[None] < lengths, "mask": mask}
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], 1e-4)
     amp = resolve_amp(cfg["train"]["amp"], torch.device("cpu"))
-    return {"name": os.path.basename(path), "model": model, "data": data, "opt": opt, "amp": amp, "times": []}
+    name = os.path.basename(path) + (f" ({sets})" if sets else "")
+    return {"name": name, "model": model, "data": data, "opt": opt, "amp": amp, "times": []}
 
 
 def step(r: dict) -> float:

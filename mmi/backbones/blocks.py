@@ -88,4 +88,4 @@ class BlockChain(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """x (B,3,S,S) -> [f8, f16, f32]."""
-        return self.forward_from(self.frozen_part()(x))
+        return self.forward_from(self.frozen_part()(x) if self.frozen_blocks else [x])
