@@ -408,6 +408,8 @@ def test_the_page_says_what_the_model_knows(tiny_checkpoint, tmp_path):
     predictor.meta = {"dataset": "synref", "epoch": 11, "val": {"oIoU": 0.42, "count": 600}}
     synth = ModelInfo(predictor).summary()
     assert "knows the synthetic shapes world only" in synth and "--checkpoint" in synth and "oIoU 42.0" in synth
+    predictor.meta = {"dataset": "synref", "average_of": [{"file": "a.pt"}, {"file": "b.pt"}]}
+    assert "the mean of 2 runs' weights" in ModelInfo(predictor).summary()
     from webapp.common import Context, Results, Workdir
 
     folder = tmp_path / "examples"

@@ -282,3 +282,40 @@ def test_export_backbone_writes_a_state_dict_that_backbone_weights_reads(model_v
     with pytest.raises(SystemExit, match="bare.pt: no backbone weights"):
         ck.main(["backbone", bare, str(tmp_path / "none.pth")])
     assert not os.path.exists(tmp_path / "none.pth")
+
+
+def test_average_writes_the_mean_of_the_weights(model_vocab, tmp_path, capsys):
+    """``python -m mmi.engine.checkpoint average A B --out C``: float tensors are the mean, integer
+    buffers the first's; the result loads like any inference checkpoint and names its inputs;
+    another network or vocabulary is refused by name."""
+    vocab = model_vocab[1]
+    torch.manual_seed(1)
+    a, b = build_model("tiny", len(vocab)), build_model("tiny", len(vocab))
+    with torch.no_grad():
+        a.backbone.stem[0][1].num_batches_tracked.fill_(3)
+    pa, pb, out = str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), str(tmp_path / "avg.pt")
+    save_inference(pa, a, vocab, {"dataset": "synref", "epoch": 4, "val": {"oIoU": 0.5}})
+    save_inference(pb, b, vocab, {"dataset": "synref", "epoch": 2})
+    ck.main(["average", pa, pb, "--out", out])
+    assert "mean of 2 checkpoints" in capsys.readouterr().out
+    m, v, meta = load_inference(out)
+    assert v == vocab and meta["dataset"] == "synref"
+    assert [(x["file"], x["epoch"]) for x in meta["average_of"]] == [(pa, 4), (pb, 2)]
+    sa, sb, sm = a.state_dict(), b.state_dict(), m.state_dict()
+    for k, t in sm.items():
+        if t.is_floating_point():
+            assert torch.allclose(t, (sa[k] + sb[k]) / 2, atol=1e-6), k
+        else:
+            assert torch.equal(t, sa[k]), k
+    assert not torch.equal(sm["backbone.stem.0.0.weight"], sa["backbone.stem.0.0.weight"])
+    wider = str(tmp_path / "wide.pt")
+    save_inference(wider, build_model("tiny", len(vocab), dim=48, heads=2), vocab)
+    with pytest.raises(SystemExit, match="wide.pt"):
+        ck.main(["average", pa, wider, "--out", str(tmp_path / "x.pt")])
+    other = str(tmp_path / "other.pt")
+    save_inference(other, b, Vocabulary(["blue", "right", "ball"]))
+    with pytest.raises(SystemExit, match="another vocabulary"):
+        ck.main(["average", pa, other, "--out", str(tmp_path / "y.pt")])
+    with pytest.raises(SystemExit, match="at least two"):
+        ck.main(["average", pa, "--out", str(tmp_path / "z.pt")])
+    assert not any(os.path.exists(tmp_path / f) for f in ("x.pt", "y.pt", "z.pt"))

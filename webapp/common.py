@@ -279,6 +279,8 @@ class ModelInfo:
         bits = [f"trained on **{self.dataset}**"]
         if m.get("epoch") is not None:
             bits.append(f"epoch {m['epoch']}")
+        if isinstance(m.get("average_of"), list):
+            bits.append(f"the mean of {len(m['average_of'])} runs' weights")
         val = m.get("val") or {}
         if isinstance(val, dict) and val.get("oIoU") is not None:
             bits.append(f"validation oIoU {100 * float(val['oIoU']):.1f} on {val.get('count', '?')} expressions")

@@ -274,6 +274,44 @@ def export_backbone(ckpt: str, out: str) -> int:
     return len(state)
 
 
+def average_weights(ckpts: list[str], out: str) -> dict:
+    """Write the inference checkpoint whose weights are the mean of ``ckpts``' (a weight
+    average, "model soup": runs fine-tuned from one starting point land in one basin, where
+    their mean is often better than each). Floating-point tensors are averaged in fp32 and
+    stored in the first's dtype; integer buffers (BatchNorm's step counts) and the config
+    are the first's. :class:`CheckpointError` when the checkpoints differ in keys, shapes or
+    vocabulary. Returns the meta written (``average_of``: each input's file, epoch, step, val)."""
+    if len(ckpts) < 2:
+        raise CheckpointError("averaging needs at least two checkpoints")
+    objs = [read_checkpoint(c) for c in ckpts]
+    first = objs[0]
+    for path, obj in zip(ckpts[1:], objs[1:]):
+        a, b = first["model"], obj["model"]
+        if a.keys() != b.keys():
+            diff = sorted(set(a) ^ set(b))
+            raise CheckpointError(f"{path}: not the network of {ckpts[0]} (keys differ: {diff[:3]}...)")
+        shapes = [k for k in a if a[k].shape != b[k].shape]
+        if shapes:
+            raise CheckpointError(f"{path}: {shapes[0]} is {tuple(b[shapes[0]].shape)}, "
+                                  f"{tuple(a[shapes[0]].shape)} in {ckpts[0]}")
+        if list(obj["vocab"]) != list(first["vocab"]):
+            raise CheckpointError(f"{path}: another vocabulary than {ckpts[0]}'s")
+    state = {}
+    for k, v in first["model"].items():
+        if v.is_floating_point():
+            state[k] = (sum(o["model"][k].float() for o in objs) / len(objs)).to(v.dtype)
+        else:
+            state[k] = v
+    metas = [dict(o.get("meta") or {}) for o in objs]
+    meta = {key: metas[0][key] for key in ("dataset", "split_by", "word_vectors") if key in metas[0]}
+    meta["average_of"] = [{"file": os.fspath(c), "epoch": o.get("epoch", m.get("epoch")),
+                           "step": o.get("step", m.get("step")), "val": m.get("val")}
+                          for c, o, m in zip(ckpts, objs, metas)]
+    atomic_save({"format": INFERENCE_FORMAT, "model": state, "config": first["config"],
+                 "vocab": list(first["vocab"]), "meta": meta}, out)
+    return meta
+
+
 # ----------------------------------------------------------------------------- RNG state
 
 def get_rng_state() -> dict:
@@ -344,7 +382,8 @@ def load_training(path: str, map_location: Any = "cpu") -> dict:
 
 
 def main(argv=None) -> None:
-    """``python -m mmi.engine.checkpoint backbone CKPT OUT``: the backbone of a checkpoint as a state dict."""
+    """``python -m mmi.engine.checkpoint backbone CKPT OUT``: the backbone of a checkpoint as a state
+    dict; ``... average CKPT CKPT [...] --out OUT``: the checkpoint of their mean weights."""
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
@@ -352,12 +391,19 @@ def main(argv=None) -> None:
     b = sub.add_parser("backbone", help="write a checkpoint's backbone weights as a plain state dict")
     b.add_argument("checkpoint")
     b.add_argument("out")
+    a = sub.add_parser("average", help="write the inference checkpoint of the mean of checkpoints' weights")
+    a.add_argument("checkpoints", nargs="+", help="two or more checkpoints of one network (training or inference)")
+    a.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     try:
-        n = export_backbone(args.checkpoint, args.out)
+        if args.command == "backbone":
+            n = export_backbone(args.checkpoint, args.out)
+            print(f"{args.out}: {n} backbone tensors of {args.checkpoint}")
+        else:
+            average_weights(args.checkpoints, args.out)
+            print(f"{args.out}: the mean of {len(args.checkpoints)} checkpoints' weights")
     except CheckpointError as e:
         raise SystemExit(str(e))
-    print(f"{args.out}: {n} backbone tensors of {args.checkpoint}")
 
 
 if __name__ == "__main__":
