@@ -2,8 +2,8 @@
 
 With ``frozen_backbone`` and no data augmentation, the backbone's outputs for an image
 never change during training (nor, with ``backbone_frozen_blocks``, those of its fixed
-first blocks: then those are memoised, ``MMI.memoised_part``), so computing them once and reusing them each epoch is
-exact up to the storage precision. On a CPU this makes head-only training several
+first blocks: then those are memoised, ``MMI.memoised_part``), so computing them once and
+reusing them each epoch is exact up to the storage precision. On a CPU this makes head-only training several
 times faster. Outputs are stored on the CPU in fp16 (``dtype``) to halve the memory;
 once ``max_bytes`` is reached, new images are computed but not stored.
 
