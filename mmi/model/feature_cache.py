@@ -68,7 +68,7 @@ class FeatureCache:
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         levels = []
-        for level in range(len(fresh[missing[0]]) if missing else len(self.store[keys[0]])):
+        for level in range(len(fresh[missing[0]] if missing else self.store[keys[0]])):
             parts = [fresh[i][level] if i in fresh else self.store[k][level].to(image.device, image.dtype)
                      for i, k in enumerate(keys)]
             levels.append(torch.stack(parts))
