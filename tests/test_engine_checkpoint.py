@@ -319,3 +319,22 @@ def test_average_writes_the_mean_of_the_weights(model_vocab, tmp_path, capsys):
     with pytest.raises(SystemExit, match="at least two"):
         ck.main(["average", pa, "--out", str(tmp_path / "z.pt")])
     assert not any(os.path.exists(tmp_path / f) for f in ("x.pt", "y.pt", "z.pt"))
+
+
+def test_module_runs_as_a_command_without_a_runpy_warning():
+    """``python -m mmi.engine.checkpoint`` (the documented ``backbone``/``average`` commands) runs
+    the module once: the package re-exports its names lazily, so runpy finds it unimported; the
+    re-exported names still resolve from ``mmi.engine``."""
+    import subprocess
+    import sys
+
+    import mmi.engine
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "mmi.engine.checkpoint", "--help"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "average" in proc.stdout and "RuntimeWarning" not in proc.stderr
+    assert mmi.engine.load_inference is load_inference and mmi.engine.CheckpointError is CheckpointError
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mmi.engine.nope  # noqa: B018
