@@ -311,7 +311,7 @@ def test_partly_frozen_backbone_trains_its_late_blocks_from_a_memo_file(root, tm
     assert not torch.equal(before["stage16.0.weight"], after["stage16.0.weight"])
     cache = FeatureCache(10**8)
     n = cache.load(memo, tr.model.memoised_part())
-    assert n == tr.model.feature_cache.misses > 0 and len(next(iter(cache.store.values()))) == 1  # f8 only
+    assert n == tr.model.feature_cache.misses > 0 and len(cache.entry(next(iter(cache.store)))) == 1  # f8 only
     again = Trainer(_cfg(root, str(tmp_path / "b"), *extra), progress=False)
     again.fit()
     assert again.model.feature_cache.misses == 0 and again.model.feature_cache.hits > 0

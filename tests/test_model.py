@@ -476,3 +476,42 @@ def test_partly_frozen_backbone_memoises_its_fixed_blocks():
     with pytest.raises(ValueError, match="chain of blocks"):
         build_model("tiny", V, backbone="darknet53", backbone_weights="random", backbone_frozen_blocks=2,
                     backbone_options={"base_channels": 4})
+
+
+def test_feature_cache_chunks_save_and_load_without_copying_the_memo(tmp_path):
+    """Entries fill chunks of ``chunk_rows``; a saved file holds the chunks and a load adopts them
+    (all of them here, none copied row by row) with the same maps; the older one-tensor-per-level
+    file (format /1) still loads; a memo over ``max_bytes`` stops adding; a second load of the
+    same file adds nothing."""
+    from mmi.model.feature_cache import FeatureCache
+
+    torch.manual_seed(0)
+    model = build_model("tiny", V, frozen_backbone=True).eval()
+    images = make_batch(model, B=5)["image"]
+    cache = FeatureCache(max_bytes=10**8, dtype=torch.float32, chunk_rows=2)
+    expected = cache(model.backbone, images)
+    assert len(cache) == 5 and [len(k) for k in cache.chunk_keys] == [2, 2, 1]
+    per_row = sum(t[0].numel() * 4 for t in expected)
+    assert cache.bytes == 3 * 2 * per_row  # counted per chunk allocated
+    path = str(tmp_path / "feats.pt")
+    assert cache.save(path, model.backbone) == 5
+    saved = torch.load(path, weights_only=True)
+    assert saved["format"] == "mmi-feature-cache/2" and [c[0].shape[0] for c in saved["chunks"]] == [2, 2, 1]
+    fresh = FeatureCache(max_bytes=10**8, dtype=torch.float32, chunk_rows=2)
+    assert fresh.load(path, model.backbone) == 5 and fresh.unsaved == 0
+    assert [len(k) for k in fresh.chunk_keys] == [2, 2, 1] and fresh.bytes == 5 * per_row
+    got = fresh(model.backbone, images[[4, 0, 3]])
+    assert fresh.misses == 0 and all(torch.equal(g, e[[4, 0, 3]]) for g, e in zip(got, expected))
+    assert fresh.load(path, model.backbone) == 0 and len(fresh) == 5
+    more = fresh(model.backbone, make_batch(model, B=2)["image"] + 1)  # new images go to a new chunk
+    assert fresh.misses == 2 and len(fresh.chunk_keys) == 4 and len(more) == len(expected)
+    old = str(tmp_path / "old.pt")  # format /1: one (N, C, H, W) tensor per level
+    torch.save({"format": "mmi-feature-cache/1", "backbone": saved["backbone"], "keys": saved["keys"],
+                "levels": [torch.cat([c[i] for c in saved["chunks"]]) for i in range(len(expected))]}, old)
+    legacy = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+    assert legacy.load(old, model.backbone) == 5
+    assert all(torch.equal(g, e) for g, e in zip(legacy(model.backbone, images), expected))
+    small = FeatureCache(max_bytes=3 * per_row, dtype=torch.float32, chunk_rows=2)
+    assert small.load(path, model.backbone) == 4 and small.bytes >= small.max_bytes  # copied rows, two chunks
+    half = FeatureCache(max_bytes=10**8, dtype=torch.float16)
+    assert half.load(path, model.backbone) == 5 and half.chunks[0][0].dtype == torch.float16

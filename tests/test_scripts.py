@@ -489,6 +489,23 @@ def test_gpu_pipeline_bench_measures_step_and_loader_at_toy_sizes(tmp_path):
     assert "| data loader to the device, uint8 | 4 | 1 |" in res.stdout
 
 
+def test_feature_cache_bench_saves_and_loads_a_toy_memo(tmp_path):
+    """bench/bench_feature_cache.py at a toy size: both phases run in their own processes, every
+    entry is written and read back, and the JSON names the memo's size and each phase's peak."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "fc.json"
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_feature_cache.py"), "--images", "12", "--size",
+                          "64", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    save, load = json.loads(out.read_text())["results"]
+    assert (save["phase"], load["phase"]) == ("save", "load") and save["entries"] == load["entries"] == 12
+    assert save["memo_bytes"] == 12 * (32 * 8 * 8 + 96 * 4 * 4 + 320 * 2 * 2) * 2
+    assert all(r["seconds"] >= 0 and r["peak_added"] >= 0 for r in (save, load))
+    assert "load: " in res.stdout and "file-backed (shared)" in res.stdout
+
+
 def test_eval_splits_measures_every_split_and_probe_then_summarises(tmp_path):
     """scripts/eval_splits.sh (shared by evaluate_shipped.sh and train_fast.sh): the commands it runs."""
     import subprocess

@@ -8,8 +8,8 @@ times faster. Outputs are stored on the CPU in fp16 (``dtype``) to halve the mem
 once ``max_bytes`` is reached, new images are computed but not stored.
 
 ``save(path, backbone)`` writes the memo to a file and ``load(path, backbone)`` reads it
-back (``weights_only=True``), so a later run, or several runs of a comparison, skip the
-backbone entirely; the file records a fingerprint of the backbone's weights and is refused
+back (``weights_only=True``, memory-mapped), so a later run, or several runs of a comparison,
+skip the backbone entirely; the file records a fingerprint of the backbone's weights and is refused
 for another backbone. ``python -m mmi.model.feature_cache --config CFG`` fills such a file
 for a run's train and val images (``scripts/train_shipped.sh`` does it first).
 """
@@ -21,7 +21,8 @@ import os
 import torch
 import torch.nn as nn
 
-FORMAT = "mmi-feature-cache/1"
+FORMAT = "mmi-feature-cache/2"
+FORMATS = ("mmi-feature-cache/1", FORMAT)  # /1: one tensor per level; /2: the same rows in chunks
 
 
 def backbone_fingerprint(backbone: nn.Module) -> str:
@@ -36,11 +37,20 @@ def backbone_fingerprint(backbone: nn.Module) -> str:
 
 class FeatureCache:
     """``cache(backbone, image (B, 3, S, S)) -> backbone(image)`` (a list of maps: [f8, f16, f32]
-    for a whole backbone), computing only images not seen before."""
+    for a whole backbone), computing only images not seen before.
 
-    def __init__(self, max_bytes: int, dtype: torch.dtype = torch.float16):
-        self.max_bytes, self.dtype = int(max_bytes), dtype
-        self.store: dict[bytes, list[torch.Tensor]] = {}
+    Entries live as rows of chunks: each chunk holds one tensor per level, (R, C_l, H_l, W_l),
+    filled ``chunk_rows`` at a time (memory is counted per chunk allocated). A file is the chunks
+    themselves, so :meth:`save` copies at most the one chunk being filled (not the whole memo),
+    and :meth:`load` memory-maps the file and adopts its chunks without copying them: runs that
+    read the same file at once share its pages."""
+
+    def __init__(self, max_bytes: int, dtype: torch.dtype = torch.float16, chunk_rows: int = 256):
+        self.max_bytes, self.dtype, self.chunk_rows = int(max_bytes), dtype, int(chunk_rows)
+        self.store: dict[bytes, tuple[int, int]] = {}  # key -> (chunk, row)
+        self.chunks: list[list[torch.Tensor]] = []  # per chunk, per level (R, C, H, W)
+        self.chunk_keys: list[list[bytes]] = []  # per chunk, the key of each filled row
+        self.open: int | None = None  # the chunk being filled (allocated rows beyond its keys are free)
         self.bytes = 0
         self.hits = self.misses = 0
         self.unsaved = 0  # entries added since the last save() or load()
@@ -48,6 +58,32 @@ class FeatureCache:
     @staticmethod
     def key(x: torch.Tensor) -> bytes:
         return hashlib.blake2b(x.detach().contiguous().cpu().numpy().tobytes(), digest_size=16).digest()
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def entry(self, key: bytes) -> list[torch.Tensor]:
+        """The stored maps of one image (views), one per level."""
+        c, r = self.store[key]
+        return [level[r] for level in self.chunks[c]]
+
+    def _add(self, key: bytes, maps: list[torch.Tensor]) -> bool:
+        """Store one image's maps (one per level); False when the memo is full."""
+        if self.open is None or len(self.chunk_keys[self.open]) == self.chunks[self.open][0].shape[0]:
+            size = sum(self.chunk_rows * m.numel() * self.dtype.itemsize for m in maps)
+            if self.bytes >= self.max_bytes:
+                return False
+            self.chunks.append([torch.empty((self.chunk_rows, *m.shape), dtype=self.dtype) for m in maps])
+            self.chunk_keys.append([])
+            self.open = len(self.chunks) - 1
+            self.bytes += size
+        row = len(self.chunk_keys[self.open])
+        for level, m in zip(self.chunks[self.open], maps):
+            level[row].copy_(m)
+        self.chunk_keys[self.open].append(key)
+        self.store[key] = (self.open, row)
+        self.unsaved += 1
+        return True
 
     def __call__(self, backbone: nn.Module, image: torch.Tensor) -> list[torch.Tensor]:
         if backbone.training or torch.is_grad_enabled() and any(p.requires_grad for p in backbone.parameters()):
@@ -60,30 +96,28 @@ class FeatureCache:
                 out = backbone(image[missing])
             for j, i in enumerate(missing):
                 fresh[i] = [f[j] for f in out]
-                if self.bytes < self.max_bytes:
-                    stored = [f[j].to("cpu", self.dtype) for f in out]
-                    self.store[keys[i]] = stored
-                    self.bytes += sum(t.numel() * t.element_size() for t in stored)
-                    self.unsaved += 1
+                if keys[i] not in self.store:  # an image twice in one batch is stored once
+                    self._add(keys[i], [f[j].detach().cpu() for f in out])
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        levels = []
-        for level in range(len(fresh[missing[0]] if missing else self.store[keys[0]])):
-            parts = [fresh[i][level] if i in fresh else self.store[k][level].to(image.device, image.dtype)
-                     for i, k in enumerate(keys)]
-            levels.append(torch.stack(parts))
-        return levels
+        rows = [fresh[i] if i in fresh else [t.to(image.device, image.dtype) for t in self.entry(k)]
+                for i, k in enumerate(keys)]
+        return [torch.stack([r[level] for r in rows]) for level in range(len(rows[0]))]
 
     def save(self, path: str, backbone: nn.Module) -> int:
         """Write every stored entry to ``path`` (atomically: a temporary file, then a rename).
         Returns the number of entries written."""
-        keys = list(self.store)
-        if not keys:
+        if not self.store:
             return 0
-        levels = [torch.stack([self.store[k][i] for k in keys]) for i in range(len(self.store[keys[0]]))]
+        chunks, keys = [], []
+        for chunk, ck in zip(self.chunks, self.chunk_keys):
+            n = len(ck)
+            if n:  # a full chunk as it is; the one being filled, its rows so far (a copy of < one chunk)
+                chunks.append(chunk if n == chunk[0].shape[0] else [level[:n].clone() for level in chunk])
+                keys.extend(ck)
         data = {"format": FORMAT, "backbone": backbone_fingerprint(backbone),
                 "keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8).view(len(keys), -1).clone(),
-                "levels": levels}
+                "chunks": chunks}
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
@@ -99,28 +133,39 @@ class FeatureCache:
     def load(self, path: str, backbone: nn.Module) -> int:
         """Add the entries of a file written by :meth:`save` (up to ``max_bytes``).
 
-        Raises ValueError naming the file when it is not such a file or was made with
-        another backbone. Returns the number of entries added."""
+        The file is memory-mapped; a chunk of it whose images are all new, in the memo's dtype and
+        within ``max_bytes``, is adopted as it is, any other is copied row by row. Raises
+        ValueError naming the file when it is not such a file or was made with another backbone.
+        Returns the number of entries added."""
         try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # truncated or not a torch file
             raise ValueError(f"{path}: not a readable feature cache ({type(e).__name__}: {e})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in FORMATS:
             raise ValueError(f"{path}: not a feature cache file (format {FORMAT!r} expected)")
         if data["backbone"] != backbone_fingerprint(backbone):
             raise ValueError(f"{path}: made with another backbone (weights differ); delete it or pass another file")
-        added = 0
-        for j, key in enumerate(data["keys"].numpy()):
-            k = key.tobytes()
-            if self.bytes >= self.max_bytes:
-                break
-            if k in self.store:
+        chunks = data["chunks"] if data["format"] == FORMAT else [data["levels"]]
+        keys = [k.tobytes() for k in data["keys"].numpy()]
+        if sum(c[0].shape[0] for c in chunks) != len(keys):
+            raise ValueError(f"{path}: not a feature cache file ({len(keys)} keys for another number of rows)")
+        added, first = 0, 0
+        for chunk in chunks:
+            ck, first = keys[first:first + chunk[0].shape[0]], first + chunk[0].shape[0]
+            size = sum(level.numel() * level.element_size() for level in chunk)
+            if (all(level.dtype == self.dtype for level in chunk) and self.bytes + size <= self.max_bytes
+                    and len(set(ck)) == len(ck) and not any(k in self.store for k in ck)):
+                self.chunks.append(chunk)
+                self.chunk_keys.append(ck)
+                self.store.update((k, (len(self.chunks) - 1, r)) for r, k in enumerate(ck))
+                self.bytes += size
+                added += len(ck)
                 continue
-            # copies: a view would keep the whole loaded file alive beyond max_bytes
-            stored = [lv[j].to(self.dtype, copy=True) for lv in data["levels"]]
-            self.store[k] = stored
-            self.bytes += sum(t.numel() * t.element_size() for t in stored)
-            added += 1
+            for r, k in enumerate(ck):
+                if k not in self.store:
+                    if not self._add(k, [level[r] for level in chunk]):
+                        break
+                    added += 1
         self.unsaved = 0
         return added
 
