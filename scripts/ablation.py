@@ -40,7 +40,9 @@ them. Prints two markdown tables, the metrics and the oIoU by expression type, e
 mean ± half the range over seeds, and writes ``<out>/summary.json`` (and ``DIR/summary.json``).
 The column "oIoU - baseline" pairs runs by seed (each variant's oIoU minus the baseline's
 with the same seed), which separates a module's effect from the seed's; "oIoU - all" does
-the same for the fusion row. ``--plot`` draws every run's validation curve on one figure.
+the same for the fusion row. A third table tests each paired difference over the seeds (a
+paired t-test, two-sided 95%: "higher", "lower" or "not told apart from noise"; none with one
+seed), and a fourth gives the by-type oIoU minus the reference's, paired the same way. ``--plot`` draws every run's validation curve on one figure.
 ``--report`` trains nothing and makes the tables of the runs finished so far (a row's label
 names its seeds when some are missing; pairs only over the seeds both runs have).
 """
@@ -53,7 +55,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from statistics import mean
+from statistics import mean, stdev
 
 SWITCHES = {  # (attention is mutual, imi, lfr, fusion)
     "baseline": (False, False, False, "product"),
@@ -239,6 +241,41 @@ def spread(fractions: list[float]) -> dict:
     return {"mean": mean(vals), "min": min(vals), "max": max(vals), "runs": vals}
 
 
+# two-sided 95% quantiles of Student's t by degrees of freedom (n seeds - 1)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def paired_test(diffs: list[float]) -> dict:
+    """A paired t-test over seeds of one variant's differences from its reference (percentage
+    points): ``t`` = mean / (sd / sqrt(n)) and the verdict at 95% (two-sided): "higher" or
+    "lower" when |t| exceeds Student's quantile for n - 1 degrees of freedom, else "not told
+    apart from noise"; with one seed there is no test. The rule is stated so that a reader can
+    apply it to the per-seed columns."""
+    n = len(diffs)
+    if n < 2:
+        return {"n": n, "t": None, "verdict": "one seed: no test"}
+    m, sd = mean(diffs), stdev(diffs)
+    t = float("inf") if sd == 0 and m != 0 else 0.0 if sd == 0 else m / (sd / n ** 0.5)
+    crit = T95.get(n - 1, 1.96)
+    verdict = ("higher" if t > 0 else "lower") if abs(t) > crit else "not told apart from noise"
+    return {"n": n, "t": t, "critical": crit, "verdict": verdict}
+
+
+def paired_table(summary: dict, refs=("baseline", "all")) -> str:
+    """Markdown table of each variant's paired difference from its reference: mean ± half-range,
+    the per-seed differences, t and the 95% verdict."""
+    lines = ["| variant | against | oIoU difference | per seed | t (n − 1 dof) | at 95% |", "|---" * 6 + "|"]
+    for v, row in summary.items():
+        for ref in refs:
+            d, test = row.get(f"oIoU - {ref}"), row.get(f"test - {ref}")
+            if d is None or test is None:
+                continue
+            t = "–" if test["t"] is None else f"{test['t']:+.2f} ({test['n'] - 1})"
+            lines.append(f"| {v} | {ref} | {d['mean']:+.2f} ± {(d['max'] - d['min']) / 2:.2f} | "
+                         + ", ".join(f"{x:+.2f}" for x in d["runs"]) + f" | {t} | {test['verdict']} |")
+    return "\n".join(lines)
+
+
 def table(summary: dict, columns, cell) -> str:
     """Markdown table, one row per variant, cells ``mean ± half-range`` (blank where a row has none)."""
     lines = ["| variant | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
@@ -354,18 +391,30 @@ def main() -> None:
         summary[v]["by_type"] = {t: spread([r["by_type"][t]["oIoU"] for r in res.values()]) for t in types}
         for ref in ("baseline", "all"):  # paired by seed: each run minus the reference run of the same seed
             both = [s for s in res if s in rows.get(ref, {})]
-            if both and (ref == "baseline" or v == "all_order_free"):
+            if both and v != ref and (ref == "baseline" or v == "all_order_free"):
                 summary[v][f"oIoU - {ref}"] = spread([res[s]["totals"]["oIoU"] - rows[ref][s]["totals"]["oIoU"]
                                                       for s in both])
+                summary[v][f"test - {ref}"] = paired_test(summary[v][f"oIoU - {ref}"]["runs"])
+                summary[v][f"by_type - {ref}"] = {
+                    t: spread([res[s]["by_type"][t]["oIoU"] - rows[ref][s]["by_type"][t]["oIoU"] for s in both])
+                    for t in types}
     label = {v: v if len(res) == len(args.seeds) else f"{v} (seed {', '.join(map(str, res))})" for v, res in rows.items()}
     shown = {label[v]: summary[v] for v in summary}
     paired = tuple(c for c in ("oIoU - baseline", "oIoU - all") if any(c in s for s in summary.values()))
     print(table(shown, METRICS + paired, lambda v, k: shown[v].get(k)))
     print("\noIoU of each run, and minus the baseline's of the same seed\n")
     print(by_seed(rows, args.seeds))
+    if any("test - baseline" in r or "test - all" in r for r in shown.values()):
+        print("\nPaired by seed (each run minus its reference's run of the same seed), with a paired t-test\n")
+        print(paired_table(shown))
     if types:
         print("\noIoU by expression type\n")
         print(table(shown, types, lambda v, t: shown[v]["by_type"][t]))
+        for ref in ("baseline", "all"):
+            diff = {v: r for v, r in shown.items() if f"by_type - {ref}" in r}
+            if diff:
+                print(f"\noIoU by expression type minus the {ref}'s (paired by seed)\n")
+                print(table(diff, types, lambda v, t, ref=ref: diff[v][f"by_type - {ref}"][t]))
     doc = {"args": vars(args), "variants": {v: variants(args.legacy)[v] for v in args.variants}, "results": summary,
            "missing": missing, "curves": {v: {str(s): r.get("curve", []) for s, r in res.items()} for v, res in rows.items()}}
     for folder in {args.out, args.keep} - {None}:

@@ -68,12 +68,45 @@ def test_ablation_summarises_finished_runs_by_metric_and_type_without_training(t
     out = capsys.readouterr().out
     assert "| baseline | 25.00 ± 5.00 | 25.00 ± 5.00 |" in out
     assert "| all | 45.00 ± 5.00 |" in out
-    assert out.count("| 20.00 ± 0.00 |\n") == 1  # all minus baseline, paired by seed
+    assert "| all | 45.00 ± 5.00 | 45.00 ± 5.00 | 45.00 ± 5.00 | 45.00 ± 5.00 | 45.00 ± 5.00 | 20.00 ± 0.00 |" in out
     assert "| variant | attribute | position | extreme | relation | ordinal |" in out
     assert "| all | 45.00 ± 5.00 | 46.00 ± 5.00 | 47.00 ± 5.00 | 48.00 ± 5.00 | 49.00 ± 5.00 |" in out
     summary = json.loads((tmp_path / "summary.json").read_text())["results"]
     assert summary["baseline"]["oIoU"]["runs"] == pytest.approx([20.0, 30.0])
     assert summary["all"]["by_type"]["ordinal"]["mean"] == pytest.approx(49.0)
+
+
+def test_ablation_tests_each_paired_difference_and_reports_it_by_type(tmp_path, capsys, monkeypatch):
+    """The paired t-test over seeds: a difference of the same size on every seed is "higher", one
+    that changes sign is not told apart from noise, one seed gets no test; by-type differences
+    from the baseline are paired by seed too."""
+    mod = load_script("ablation")
+    assert mod.paired_test([1.0])["verdict"] == "one seed: no test"
+    assert mod.paired_test([2.0, 2.2, 1.8])["verdict"] == "higher"  # t = 2 / (0.2 / sqrt 3) = 17.3 > 4.30
+    assert mod.paired_test([-2.0, -1.9, -2.1])["verdict"] == "lower"
+    same_sign = mod.paired_test([-2.0, -1.0, -3.0])  # t = -2 / (1 / sqrt 3) = -3.46: within 4.30
+    assert same_sign["t"] == pytest.approx(-2.0 * 3 ** 0.5) and same_sign["verdict"] == "not told apart from noise"
+    assert mod.paired_test([2.0, 2.0])["verdict"] == "higher"  # no spread at all
+    assert mod.paired_test([5.0, -1.0, 0.5])["verdict"] == "not told apart from noise"
+    values = {"baseline": (0.20, 0.30, 0.25), "+LFR": (0.25, 0.29, 0.255), "all": (0.40, 0.52, 0.44)}
+    for variant, per_seed in values.items():
+        for seed, value in enumerate(per_seed):
+            run = tmp_path / f"{variant.lstrip('+')}_s{seed}"
+            run.mkdir()
+            by_type = {t: {"oIoU": value + 0.01 * i * (variant == "all")} for i, t in enumerate(mod.TYPES)}
+            (run / "eval_val.json").write_text(json.dumps({"totals": {k: value for k in mod.METRICS},
+                                                           "by_type": by_type}))
+    monkeypatch.setattr(mod, "run", lambda cmd: pytest.fail(f"nothing should train: {cmd}"))
+    monkeypatch.setattr("sys.argv", ["ablation.py", "--variants", "baseline", "+LFR", "all", "--seeds", "0", "1", "2",
+                                     "--out", str(tmp_path)])
+    mod.main()
+    out = capsys.readouterr().out
+    assert "| +LFR | baseline | +1.50 ± 3.00 | +5.00, -1.00, +0.50 |" in out
+    assert "not told apart from noise |" in out and "| all | baseline | +20.33 ± 1.50 |" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())["results"]
+    assert summary["all"]["test - baseline"]["verdict"] == "higher" and "test - baseline" not in summary["baseline"]
+    assert summary["all"]["by_type - baseline"]["ordinal"]["runs"] == pytest.approx([24.0, 26.0, 23.0])
+    assert "oIoU by expression type minus the baseline's (paired by seed)" in out
 
 
 def test_ablation_refuses_a_finished_run_of_another_budget(tmp_path, monkeypatch):
