@@ -204,6 +204,42 @@ def test_item_contents(data, vocab):
     assert [m["index"] for m in batch["meta"]] == [0, 1, 2]
 
 
+def test_items_the_memo_names_skip_their_image_and_collate_keeps_the_rest_in_order(fresh, vocab):
+    """With ``memo_names``, every item names its image (file, size, mtime, S, scaling); an item
+    whose name is there carries no image but the same mask and letterbox; collate stacks the
+    images present, in order, and says which items have one; touching the file renames it."""
+    ds = build_dataset("refcoco", fresh.root, "train", 48, vocab, 15, train=False)
+    first = {}
+    for i in range(len(ds)):
+        first.setdefault(int(ds.ref(i)["image_id"]), i)
+    (a, b), other = list(first.values())[:2], [i for i in range(len(ds)) if i not in first.values()]
+    idx = [a, b, next(i for i in other if ds.ref(i)["image_id"] == ds.ref(a)["image_id"])]  # images 1, 2, 1
+    plain = [ds[i] for i in idx]
+    ds.memo_names = frozenset()
+    named = [ds[i] for i in idx]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(plain, named))
+    names = [it["meta"]["image_name"] for it in named]
+    assert names[0] == names[2] != names[1]
+    assert all(n.startswith("letterbox/1|48|") and it["meta"]["file_name"] in n for n, it in zip(names, named))
+    assert names[0] != build_dataset("refcoco", fresh.root, "train", 64, vocab, 15, train=False).image_name(
+        named[0]["meta"]["image_id"])  # another S: another tensor, another name
+    ds.memo_names = frozenset([names[1]])
+    items = [ds[i] for i in idx]
+    assert [it["image"] is None for it in items] == [False, True, False]
+    for a, b in zip(plain, items):
+        assert torch.equal(a["mask"], b["mask"]) and a["meta"]["letterbox"] == b["meta"]["letterbox"]
+    batch = collate(items)
+    assert batch["image_names"] == names and batch["image_present"] == [True, False, True]
+    assert torch.equal(batch["image"], torch.stack([plain[0]["image"], plain[2]["image"]]))
+    assert collate([items[1], items[1]])["image"] is None
+    path = os.path.join(ds.refer.image_dir, named[1]["meta"]["file_name"])
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert ds[idx[1]]["image"] is not None  # the file changed: its old name no longer matches
+    with pytest.raises(ValueError, match="do not name it"):
+        collate([dict(items[1], meta={"index": 0}), plain[0]])
+
+
 def test_corrupt_image_is_skipped_and_counted(fresh, vocab, caplog):
     path = fx.corrupt_image(fresh, 4)
     ds = build_dataset("refcoco", fresh.root, "testB", 32, vocab, 15, train=False)

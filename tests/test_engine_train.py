@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -315,3 +316,38 @@ def test_partly_frozen_backbone_trains_its_late_blocks_from_a_memo_file(root, tm
     again = Trainer(_cfg(root, str(tmp_path / "b"), *extra), progress=False)
     again.fit()
     assert again.model.feature_cache.misses == 0 and again.model.feature_cache.hits > 0
+
+
+def test_memo_by_name_skips_loading_memoised_images_and_trains_the_same(root, tmp_path, monkeypatch):
+    """train.cache_by_name: once the memo holds an image, the training loader names it instead of
+    decoding and letterboxing it; the run is the same as one that loads every image (weights,
+    optimiser state), and a run that reads the saved memo file loads no training image at all."""
+    from mmi.data.dataset import RefDataset
+
+    loaded = []
+    canvas = RefDataset._canvas
+
+    def counting(self, image_id):
+        loaded.append((self.split, self.train))
+        return canvas(self, image_id)
+
+    monkeypatch.setattr(RefDataset, "_canvas", counting)
+    memo = str(tmp_path / "memo.pt")
+    common = ("model.overrides.frozen_backbone=true", "train.cache_backbone_gb=0.01", "train.epochs=3",
+              "data.batch_size=2")
+    train(_cfg(root, str(tmp_path / "plain"), *common, "train.cache_by_name=false"), progress=False)
+    plain = sum(1 for split, is_train in loaded if is_train)
+    loaded.clear()
+    train(_cfg(root, str(tmp_path / "named"), *common, f"train.feature_cache_file={memo}"), progress=False)
+    named = sum(1 for split, is_train in loaded if is_train)
+    _assert_same_state(str(tmp_path / "plain" / "last.pt"), str(tmp_path / "named" / "last.pt"))
+    assert 0 < named < plain  # epoch 1 loads each image once; epochs 2-3 load none
+    # from the saved memo (its fp16 maps from the first step, so compared with a run reading a copy)
+    copy = str(tmp_path / "copy.pt")
+    shutil.copyfile(memo, copy)
+    loaded.clear()
+    train(_cfg(root, str(tmp_path / "again"), *common, f"train.feature_cache_file={memo}"), progress=False)
+    assert not any(is_train for split, is_train in loaded) and loaded  # validation still loads its images
+    train(_cfg(root, str(tmp_path / "again_plain"), *common, f"train.feature_cache_file={copy}",
+               "train.cache_by_name=false"), progress=False)
+    _assert_same_state(str(tmp_path / "again_plain" / "last.pt"), str(tmp_path / "again" / "last.pt"))

@@ -515,3 +515,37 @@ def test_feature_cache_chunks_save_and_load_without_copying_the_memo(tmp_path):
     assert small.load(path, model.backbone) == 4 and small.bytes >= small.max_bytes  # copied rows, two chunks
     half = FeatureCache(max_bytes=10**8, dtype=torch.float16)
     assert half.load(path, model.backbone) == 5 and half.chunks[0][0].dtype == torch.float16
+
+
+def test_feature_cache_serves_named_images_that_were_not_loaded(tmp_path):
+    """A batch that names its images (``names``, ``present``) may leave out the rows the memo holds
+    by name: the maps are those of the image the name was recorded with; the names survive a
+    save and load; an unknown name left out, or rows that do not add up, are refused."""
+    from mmi.model.feature_cache import FeatureCache
+
+    torch.manual_seed(0)
+    model = build_model("tiny", V, frozen_backbone=True).eval()
+    images = make_batch(model, B=3)["image"]
+    cache = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+    expected = cache(model.backbone, images, ["a", "b", "c"], [True, True, True])
+    assert cache.names() == {"a", "b", "c"} and cache.misses == 3
+    calls = []
+    model.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    got = cache(model.backbone, images[[1]], ["c", "b", "a"], [False, True, False])
+    assert calls == [] and all(torch.equal(g, e[[2, 1, 0]]) for g, e in zip(got, expected))
+    none = cache(model.backbone, None, ["b", "b"], [False, False])
+    assert all(torch.equal(g, e[[1, 1]]) for g, e in zip(none, expected))
+    with pytest.raises(KeyError, match="'d' was not loaded"):
+        cache(model.backbone, None, ["d"], [False])
+    with pytest.raises(ValueError, match="2 names, 1 marked present, 2 image rows"):
+        cache(model.backbone, images[:2], ["a", "b"], [True, False])
+    path = str(tmp_path / "named.pt")
+    cache.save(path, model.backbone)
+    fresh = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+    fresh.load(path, model.backbone)
+    assert fresh.index == cache.index
+    with pytest.raises(ValueError, match="need the feature memo"):
+        model.encode_image(None, ["a"], [False])  # no memo on the model
+    model.feature_cache = fresh
+    feats = model.encode_image(None, ["c", "a"], [False, False])
+    assert torch.allclose(feats["pixels"], model.encode_image(images[[2, 0]])["pixels"])

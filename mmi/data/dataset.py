@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from ..text import Vocabulary
 from .refer import DatasetError, ImageError, Refer, check_name, sentence_text
-from .transforms import Letterbox, Norm, letterbox, letterbox_mask, to_tensor
+from .transforms import LETTERBOX_VERSION, Letterbox, Norm, letterbox, letterbox_mask, to_tensor
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class RefDataset(Dataset):
             self._items: list[tuple[int, int]] = [(rid, -1) for rid in self.ref_ids]
         else:
             self._items = [(rid, k) for rid in self.ref_ids for k in range(len(refer.refs[rid]["sentences"]))]
+        self.memo_names: frozenset[str] | None = None  # see image_name()
         self.language, self.unmatched = "normal", 0  # evaluation probe: see set_language()
         self._images = _LRU(cache_images)  # image_id -> (canvas (S,S,3) uint8, Letterbox)
         self._masks = _LRU(cache_masks)  # ann_id -> (S,S) uint8
@@ -198,6 +199,20 @@ class RefDataset(Dataset):
 
     # ------------------------------------------------------------------ internals
 
+    def image_name(self, image_id: int) -> str:
+        """A name for the tensor this dataset makes of an image: its file (path, size, modification
+        time), S and the input scaling. A feature memo keyed by image content records these names
+        (``FeatureCache.index``); when ``memo_names`` (set by the trainer before each epoch) holds
+        an item's name, the item skips decoding and letterboxing its image: ``image`` is None and
+        ``meta["image_name"]`` names it. A changed file gets another name, so it is loaded again."""
+        path = os.path.abspath(self.refer.image_path(image_id))
+        try:
+            st = os.stat(path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        return f"{LETTERBOX_VERSION}|{self.image_size}|{self.normalization}|{path}|{stamp}"
+
     def _canvas(self, image_id: int) -> tuple[np.ndarray, Letterbox]:
         return self._images.get_or(image_id, lambda: letterbox(self.refer.load_image(image_id), self.image_size))
 
@@ -211,38 +226,54 @@ class RefDataset(Dataset):
         sent = self.sentence(index)
         text = self._probe_text(index, sentence_text(sent))
         image_id, ann_id = int(ref["image_id"]), int(ref["ann_id"])
-        canvas, lb = self._canvas(image_id)
+        name = self.image_name(image_id) if self.memo_names is not None else None
+        if name is not None and name in self.memo_names:  # the model's memo has this image: not loaded
+            info = self.refer.image_info(image_id)
+            canvas, lb = None, Letterbox.fit(int(info["height"]), int(info["width"]), self.image_size)
+        else:
+            canvas, lb = self._canvas(image_id)
         mask = self._mask(ann_id, lb)
         enc = self.vocab.encode(text, self.t_max)
-        if self.uint8:  # normalised by the consumer (transforms.normalize_uint8): a quarter of the bytes
+        if canvas is None:
+            image = None
+            target = torch.from_numpy(mask) if self.uint8 else torch.from_numpy(mask).float()
+        elif self.uint8:  # normalised by the consumer (transforms.normalize_uint8): a quarter of the bytes
             image, target = torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1))), torch.from_numpy(mask)
         else:
             image, target = to_tensor(canvas, self.normalization), torch.from_numpy(mask).float()
-        return {
-            "image": image,
-            "words": enc.ids,
-            "word_mask": enc.mask,
-            "mask": target.unsqueeze(0),
-            "meta": {
-                "index": index,
-                "ref_id": int(ref["ref_id"]),
-                "sent_id": int(sent.get("sent_id", -1)),
-                "ann_id": ann_id,
-                "image_id": image_id,
-                "expression": text,
-                "file_name": self.refer.image_info(image_id)["file_name"],
-                "orig_hw": (lb.orig_h, lb.orig_w),
-                "letterbox": lb.to_dict(),
-            },
+        meta = {
+            "index": index,
+            "ref_id": int(ref["ref_id"]),
+            "sent_id": int(sent.get("sent_id", -1)),
+            "ann_id": ann_id,
+            "image_id": image_id,
+            "expression": text,
+            "file_name": self.refer.image_info(image_id)["file_name"],
+            "orig_hw": (lb.orig_h, lb.orig_w),
+            "letterbox": lb.to_dict(),
         }
+        if name is not None:
+            meta["image_name"] = name
+        return {"image": image, "words": enc.ids, "word_mask": enc.mask, "mask": target.unsqueeze(0), "meta": meta}
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack items into a batch: image (B,3,S,S), words (B,T), word_mask (B,T),
-    mask (B,1,S,S); ``meta`` a list of B dicts."""
+    mask (B,1,S,S); ``meta`` a list of B dicts.
+
+    Items that name their image (``meta["image_name"]``, a dataset with ``memo_names``) add
+    ``image_names`` (B strings) and ``image_present`` (B bools); ``image`` then stacks only the
+    present items' images, in order (None when no item carries one)."""
     if not items:
         raise ValueError("collate got an empty list of items")
-    batch: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "meta"}
+    batch: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in items[0] if k not in ("meta", "image")}
+    images = [it["image"] for it in items if it["image"] is not None]
+    if all("image_name" in it["meta"] for it in items):
+        batch["image_names"] = [it["meta"]["image_name"] for it in items]
+        batch["image_present"] = [it["image"] is not None for it in items]
+    elif len(images) < len(items):
+        raise ValueError("collate got items without an image that do not name it (meta['image_name'])")
+    batch["image"] = torch.stack(images) if images else None
     batch["meta"] = [it["meta"] for it in items]
     return batch
 

@@ -27,6 +27,7 @@ import torch
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PAD_COLOR = (124, 116, 104)  # ImageNet mean x 255, rounded
+LETTERBOX_VERSION = "letterbox/1"  # names what letterbox() makes of an image; change it when that changes
 
 
 def _fit(h: int, w: int, size: int) -> tuple[float, int, int, int, int]:

@@ -82,6 +82,8 @@ DEFAULTS: dict[str, Any] = {
         "cache_backbone_gb": 0.0,    # with model.overrides.frozen_backbone (or backbone_frozen_blocks): memo the
                                      # outputs of the fixed backbone (or of its fixed blocks), GB of RAM, fp16
         "feature_cache_file": None,  # ... read at the start and written after each epoch (feature_cache.py)
+        "cache_by_name": True,       # ... and the training loader skips decoding the images the memo holds
+                                     # (named by file, size, mtime, S and scaling; exact: the same batches)
         "init_from": None,           # a checkpoint (inference or training) whose weights and vocabulary start a new run
         "sync_bn": False,            # SyncBatchNorm across GPUs (CUDA only)
         "find_unused_parameters": False,
@@ -236,6 +238,7 @@ def validate(cfg: dict) -> None:
              "train.max_steps_per_epoch", "must be null or a positive integer")
     _require(isinstance(t["val_every"], int) and t["val_every"] >= 0, "train.val_every", "must be an integer >= 0")
     _require(isinstance(t["deterministic"], bool), "train.deterministic", f"must be true or false, got {t['deterministic']!r}")
+    _require(isinstance(t["cache_by_name"], bool), "train.cache_by_name", f"must be true or false, got {t['cache_by_name']!r}")
     if refusal := fp16_refusal(t["amp"], t["device"], "config"):  # "auto": the trainer checks the device it gets
         raise ConfigError(refusal)
     src = cfg["word_vectors"]["source"]

@@ -327,6 +327,9 @@ class Trainer:
 
     def _loader(self, epoch: int, skip_steps: int) -> DataLoader:
         self.train_ds.set_epoch(epoch)
+        cache = self.model.feature_cache
+        if cache is not None and self.cfg["train"]["cache_by_name"]:  # workers copy the dataset when the
+            self.train_ds.memo_names = cache.names()  # iterator starts: the names memoised so far
         self.sampler.set_epoch(epoch)
         bs = int(self.cfg["data"]["batch_size"])
         workers = int(self.cfg["data"]["workers"])
@@ -339,13 +342,17 @@ class Trainer:
     def _step(self, batch: dict) -> torch.Tensor:
         """One optimiser step; returns the rank-averaged (loss, loss_mask, loss_lfr)."""
         t, o = self.cfg["train"], self.cfg["optim"]
-        image = batch["image"].to(self.device, non_blocking=True)
-        if image.dtype == torch.uint8:  # data.uint8_transfer: normalised here, on the device
-            image = normalize_uint8(image, self.norm)
-        if self.channels_last:
-            image = image.contiguous(memory_format=torch.channels_last)
+        image = batch["image"]  # None when the memo serves every image (data.collate)
+        if image is not None:
+            image = image.to(self.device, non_blocking=True)
+            if image.dtype == torch.uint8:  # data.uint8_transfer: normalised here, on the device
+                image = normalize_uint8(image, self.norm)
+            if self.channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
         inputs = {"image": image, "words": batch["words"].to(self.device), "word_mask": batch["word_mask"].to(self.device),
                   "mask": batch["mask"].to(self.device, non_blocking=True).float()}
+        if "image_names" in batch:
+            inputs.update(image_names=batch["image_names"], image_present=batch["image_present"])
         with autocast(self.device, self.amp):
             out = self.ddp(inputs)
         loss = out["loss"]

@@ -51,9 +51,10 @@ class FeatureCache:
         self.chunks: list[list[torch.Tensor]] = []  # per chunk, per level (R, C, H, W)
         self.chunk_keys: list[list[bytes]] = []  # per chunk, the key of each filled row
         self.open: int | None = None  # the chunk being filled (allocated rows beyond its keys are free)
+        self.index: dict[str, bytes] = {}  # image name -> content key of a stored entry (see __call__)
         self.bytes = 0
         self.hits = self.misses = 0
-        self.unsaved = 0  # entries added since the last save() or load()
+        self.unsaved = 0  # entries (or names) added since the last save() or load()
 
     @staticmethod
     def key(x: torch.Tensor) -> bytes:
@@ -85,24 +86,62 @@ class FeatureCache:
         self.unsaved += 1
         return True
 
-    def __call__(self, backbone: nn.Module, image: torch.Tensor) -> list[torch.Tensor]:
+    def names(self) -> frozenset[str]:
+        """The image names whose maps are stored (a dataset's ``memo_names``: it then skips loading them)."""
+        return frozenset(self.index)
+
+    def __call__(self, backbone: nn.Module, image: torch.Tensor | None, names: list[str] | None = None,
+                 present: list[bool] | None = None) -> list[torch.Tensor]:
+        """The maps of a batch of B images (a list, one (B, C, H, W) tensor per level).
+
+        Without ``names``, ``image`` is (B, 3, S, S) and each row is keyed by its content. With
+        ``names`` (B strings naming each image's file and preprocessing, ``RefDataset.image_name``)
+        and ``present`` (B bools), ``image`` holds only the present rows, in order (None when there
+        are none): a row that is not present is served from the memo by its name, which must be
+        in :attr:`index`; a present row is keyed by its content as before and its name recorded,
+        so that the next time the loader can skip it."""
         if backbone.training or torch.is_grad_enabled() and any(p.requires_grad for p in backbone.parameters()):
             raise RuntimeError("FeatureCache serves a frozen backbone in eval mode only")
-        keys = [self.key(x) for x in image]
+        if names is None:
+            rows, keys = list(range(image.shape[0])), [self.key(x) for x in image]
+        else:
+            present = [True] * len(names) if present is None else list(present)
+            n_rows = 0 if image is None else image.shape[0]
+            if len(present) != len(names) or sum(present) != n_rows:
+                raise ValueError(f"{len(names)} names, {sum(present)} marked present, {n_rows} image rows")
+            rows, keys, r = [], [], 0
+            for name, has in zip(names, present):
+                if has:
+                    rows.append(r)
+                    keys.append(self.key(image[r]))
+                    r += 1
+                else:
+                    if name not in self.index:
+                        raise KeyError(f"image {name!r} was not loaded and is not in the memo")
+                    rows.append(None)
+                    keys.append(self.index[name])
         missing = [i for i, k in enumerate(keys) if k not in self.store]
         fresh = {}
         if missing:
             with torch.no_grad():
-                out = backbone(image[missing])
+                out = backbone(image[[rows[i] for i in missing]])
             for j, i in enumerate(missing):
                 fresh[i] = [f[j] for f in out]
                 if keys[i] not in self.store:  # an image twice in one batch is stored once
                     self._add(keys[i], [f[j].detach().cpu() for f in out])
+        if names is not None:
+            for name, k in zip(names, keys):
+                if k in self.store and self.index.get(name) != k:
+                    self.index[name] = k
+                    self.unsaved += 1  # the file should learn the name too
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
-        rows = [fresh[i] if i in fresh else [t.to(image.device, image.dtype) for t in self.entry(k)]
-                for i, k in enumerate(keys)]
-        return [torch.stack([r[level] for r in rows]) for level in range(len(rows[0]))]
+        if image is not None:
+            device, dtype = image.device, image.dtype
+        else:
+            device, dtype = next(iter(backbone.parameters()), torch.empty(0)).device, torch.float32
+        maps = [fresh[i] if i in fresh else [t.to(device, dtype) for t in self.entry(k)] for i, k in enumerate(keys)]
+        return [torch.stack([m[level] for m in maps]) for level in range(len(maps[0]))]
 
     def save(self, path: str, backbone: nn.Module) -> int:
         """Write every stored entry to ``path`` (atomically: a temporary file, then a rename).
@@ -115,9 +154,9 @@ class FeatureCache:
             if n:  # a full chunk as it is; the one being filled, its rows so far (a copy of < one chunk)
                 chunks.append(chunk if n == chunk[0].shape[0] else [level[:n].clone() for level in chunk])
                 keys.extend(ck)
-        data = {"format": FORMAT, "backbone": backbone_fingerprint(backbone),
-                "keys": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8).view(len(keys), -1).clone(),
-                "chunks": chunks}
+        named = sorted(n for n, k in self.index.items() if k in self.store)
+        data = {"format": FORMAT, "backbone": backbone_fingerprint(backbone), "keys": _key_rows(keys),
+                "chunks": chunks, "names": named, "name_keys": _key_rows([self.index[n] for n in named])}
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
@@ -149,6 +188,8 @@ class FeatureCache:
         keys = [k.tobytes() for k in data["keys"].numpy()]
         if sum(c[0].shape[0] for c in chunks) != len(keys):
             raise ValueError(f"{path}: not a feature cache file ({len(keys)} keys for another number of rows)")
+        names = data.get("names", [])
+        name_keys = [k.tobytes() for k in data["name_keys"].numpy()] if names else []
         added, first = 0, 0
         for chunk in chunks:
             ck, first = keys[first:first + chunk[0].shape[0]], first + chunk[0].shape[0]
@@ -166,8 +207,15 @@ class FeatureCache:
                     if not self._add(k, [level[r] for level in chunk]):
                         break
                     added += 1
+        self.index.update((n, k) for n, k in zip(names, name_keys) if k in self.store)
         self.unsaved = 0
         return added
+
+
+def _key_rows(keys: list[bytes]) -> torch.Tensor:
+    """(N, 16) uint8: the keys as rows of a tensor (a file holds tensors, not bytes)."""
+    return torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.uint8).view(len(keys), 16).clone() if keys \
+        else torch.zeros((0, 16), dtype=torch.uint8)
 
 
 def main(argv=None) -> None:
@@ -216,7 +264,9 @@ def main(argv=None) -> None:
         idx = list(first.values())
         with torch.no_grad():
             for s in tqdm(range(0, len(idx), args.batch), desc=f"{split} images", unit="batch"):
-                cache(part, torch.stack([ds[i]["image"] for i in idx[s:s + args.batch]]))
+                items = idx[s:s + args.batch]  # named too, so that training can skip loading them
+                cache(part, torch.stack([ds[i]["image"] for i in items]),
+                      [ds.image_name(int(ds.ref(i)["image_id"])) for i in items], [True] * len(items))
     n = cache.save(path, part)
     print(f"{path}: {n} images, {cache.bytes / 2**30:.2f} GiB")
 

@@ -86,15 +86,22 @@ class MMI(nn.Module):
         with torch.no_grad():
             emb.copy_(table.to(emb))
 
-    def encode_image(self, image: torch.Tensor) -> dict:
+    def encode_image(self, image: torch.Tensor | None, names: list[str] | None = None,
+                     present: list[bool] | None = None) -> dict:
         """image (B, 3, S, S) -> language-free features: ``pixels`` (B, HW, C), ``pos``
         (1, HW, C), ``skip`` (B, C', S/8, S/8), the mask head's projection of the stride-8
-        level, and ``hw`` (H, W)."""
+        level, and ``hw`` (H, W).
+
+        With a ``feature_cache``, ``names`` and ``present`` (B each, a training batch whose
+        loader skipped the images the memo holds, ``data.collate``), ``image`` holds only the
+        present rows (None when none are)."""
         part = self.memoised_part() if self.feature_cache is not None else None
+        if part is None and names is not None and not all(present or [True]):
+            raise ValueError("images left out of the batch need the feature memo (model.feature_cache)")
         if part is self.backbone:
-            feats = self.feature_cache(part, image)
+            feats = self.feature_cache(part, image, names, present)
         elif part is not None:  # the fixed blocks memoised, the trained ones run
-            feats = self.backbone.forward_from(self.feature_cache(part, image))
+            feats = self.backbone.forward_from(self.feature_cache(part, image, names, present))
         else:
             feats = self.backbone(image)
         pixels, pos, hw = self.vision(feats)
@@ -129,7 +136,8 @@ class MMI(nn.Module):
 
     def forward(self, batch: dict, return_attention: bool = False) -> dict:
         """batch: ``image`` (B, 3, S, S), ``words`` (B, T), ``word_mask`` (B, T) and, in
-        training, ``mask`` (B, 1, S, S).
+        training, ``mask`` (B, 1, S, S); optionally ``image_names`` and ``image_present``
+        (see :meth:`encode_image`).
 
         Training mode returns ``loss``, ``loss_mask``, ``loss_lfr`` (when LFR is on) and
         ``logits``; eval mode returns ``logits`` (B, 1, S/4, S/4) and optionally ``attention``.
@@ -137,7 +145,7 @@ class MMI(nn.Module):
         words, word_mask = batch["words"], batch["word_mask"].bool()
         lang = self.language(words, word_mask)
         layers = [] if self.training and self.aux_head is not None else None
-        feats = self.encode_image(batch["image"])
+        feats = self.encode_image(batch["image"], batch.get("image_names"), batch.get("image_present"))
         out, x = self._decode(feats, words, word_mask, lang, return_attention, layers)
         if not self.training:
             return out
