@@ -93,7 +93,7 @@ def test_paper_preset_trains_saves_resumes_and_evaluates(preset, tree, tmp_path,
 
     seen = []
     original = MMI.encode_image
-    monkeypatch.setattr(MMI, "encode_image", lambda self, image: (seen.append(image.detach().clone()), original(self, image))[1])
+    monkeypatch.setattr(MMI, "encode_image", lambda self, image, *rest: (seen.append(image.detach().clone()), original(self, image, *rest))[1])
     main = _train_main()
     assert main(["--config", str(ROOT / config), "--no-progress", "--set", *sets]) == 0
     ckpt = load_training(str(out / "last.pt"))
