@@ -55,7 +55,7 @@ def one_run(args, by_name: bool, out: str) -> dict:
     cpu, wall = time.process_time(), time.perf_counter()
     tr.fit()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    images = args.steps * int(cfg["data"]["batch_size"])
+    images = tr.state.step * int(cfg["data"]["batch_size"])  # the steps taken (an epoch may be shorter)
     return {"mode": "name" if by_name else "content", "images": images, "cpu_ms_per_image": 1e3 * cpu / images,
             "wall_ms_per_image": 1e3 * wall / images, "memo_hits": cache.hits - hits}
 

@@ -351,3 +351,29 @@ def test_memo_by_name_skips_loading_memoised_images_and_trains_the_same(root, tm
     train(_cfg(root, str(tmp_path / "again_plain"), *common, f"train.feature_cache_file={copy}",
                "train.cache_by_name=false"), progress=False)
     _assert_same_state(str(tmp_path / "again_plain" / "last.pt"), str(tmp_path / "again" / "last.pt"))
+
+
+def test_memo_loader_bench_runs_both_modes_on_a_toy_run(root, tmp_path, capsys):
+    """bench/bench_memo_loader.py on a tiny run's config and memo file: a row per mode and round,
+    every image served by the memo in both, the memo file left as it was."""
+    import importlib.util
+
+    from mmi.engine.config import save_config
+
+    memo = str(tmp_path / "memo.pt")
+    cfg = _cfg(root, str(tmp_path / "first"), "model.overrides.frozen_backbone=true", "train.cache_backbone_gb=0.01",
+               f"train.feature_cache_file={memo}", "train.epochs=1", "data.batch_size=2")
+    train(cfg, progress=False)
+    before = os.path.getmtime(memo)
+    path = str(tmp_path / "cfg.json")
+    save_config(cfg, path)
+    spec = importlib.util.spec_from_file_location("bench_memo_loader", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "bench_memo_loader.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    bench.main(["--config", path, "--steps", "2", "--rounds", "1", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["content", "name"]
+    assert all(r["images"] == r["memo_hits"] > 0 and r["cpu_ms_per_image"] > 0 for r in rows)
+    assert "| name |" in capsys.readouterr().out and os.path.getmtime(memo) == before
