@@ -218,8 +218,8 @@ def build(ctx: Context) -> None:
     make.click(make_ui, settings, scene_out, api_name="lab_scene")
     check_out = [truth, pred, table, status, legend]
     check_ui = keep_on_error("checking the expressions", len(check_out), 3)(functools.partial(check_scene, ctx))
-    go.click(check_ui, settings + [text, threshold], check_out, api_name="lab_check", concurrency_limit=2)
-    text.submit(check_ui, settings + [text, threshold], check_out, api_visibility="private", concurrency_limit=2)
+    go.click(check_ui, settings + [text, threshold], check_out, api_name="lab_check")
+    text.submit(check_ui, settings + [text, threshold], check_out, api_visibility="private")
 
     def on_select(s, d, c, u, evt: gr.SelectData):
         x, y = evt.index if isinstance(evt.index, (list, tuple)) else (0, 0)

@@ -315,9 +315,10 @@ def build(ctx: Context) -> None:
     ui = keep_on_error("segmenting", n, at)(functools.partial(run, ctx))
     again = keep_on_error("re-drawing", n, at)(functools.partial(redraw, ctx))
     inputs = [image, text, threshold, layer, opacity, coco_format, measure]
-    # preprocess=False: the image arrives as its uploaded file, read by the predictor (see image_file)
-    run_btn.click(ui, inputs, outputs, api_name="segment_ui", concurrency_limit=2, preprocess=False)
-    text.submit(ui, inputs, outputs, api_visibility="private", concurrency_limit=2, preprocess=False)
+    # preprocess=False: the image arrives as its uploaded file, read by the predictor (see image_file).
+    # Events that run the model get their concurrency from webapp.serving.apply_limits (one group).
+    run_btn.click(ui, inputs, outputs, api_name="segment_ui", preprocess=False)
+    text.submit(ui, inputs, outputs, api_visibility="private", preprocess=False)
     redraw_inputs = [key, threshold, layer, opacity, shown, coco_format]
     redraw_kw = dict(concurrency_limit=4, show_progress="minimal")
     threshold.release(again, redraw_inputs, outputs, api_name="redraw", **redraw_kw)
@@ -333,8 +334,8 @@ def build(ctx: Context) -> None:
 
     api_out = gr.JSON(visible=False)
     gr.Button(visible=False).click(friendly("segmenting")(functools.partial(segment_json, ctx)),
-                                   [image, text, threshold], api_out, api_name="segment", concurrency_limit=2,
+                                   [image, text, threshold], api_out, api_name="segment",
                                    preprocess=False)
     gr.Button(visible=False).click(friendly("measuring the words")(functools.partial(importance_json, ctx)),
-                                   [image, text, threshold], api_out, api_name="word_importance", concurrency_limit=2,
+                                   [image, text, threshold], api_out, api_name="word_importance",
                                    preprocess=False)
