@@ -44,6 +44,15 @@ def _reset_peak() -> None:
         f.write("5")  # resets VmHWM to the current RSS
 
 
+def _measured(fn):
+    """fn's result, its wall seconds, and the memory status before and after it (peak reset before)."""
+    before = _status()
+    _reset_peak()
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t, before, _status()
+
+
 def _module(impl: str | None):
     if impl is None:
         sys.path.insert(0, ROOT)
@@ -78,20 +87,10 @@ def phase(args) -> dict:
             else:  # the one-tensor-per-level version: entries were lists of fp16 maps
                 cache.store[k] = [m.half() for m in maps]
             keys.append(k)
-        before = _status()
-        _reset_peak()
-        t = time.perf_counter()
-        n = cache.save(args.file, backbone)
-        seconds = time.perf_counter() - t
-        after = _status()
+        n, seconds, before, after = _measured(lambda: cache.save(args.file, backbone))
         return {"phase": "save", "entries": n, "memo_bytes": memo, "seconds": seconds,
                 "peak_added": (after["VmHWM"] - before["VmRSS"]) / memo}
-    before = _status()
-    _reset_peak()
-    t = time.perf_counter()
-    n = cache.load(args.file, backbone)
-    seconds = time.perf_counter() - t
-    loaded = _status()
+    n, seconds, before, loaded = _measured(lambda: cache.load(args.file, backbone))
     t = time.perf_counter()
     total = 0.0
     for k in list(cache.store):
