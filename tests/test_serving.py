@@ -167,12 +167,13 @@ def test_the_feature_cache_is_bounded_in_bytes_as_well_as_in_count(tiny_checkpoi
 # ----------------------------------------------------------------------------- a server with a password and limits
 
 class InFlight:
-    """Wraps the predictor's model entry points: counts calls running at once, and can
-    slow them down (to fill the queue)."""
+    """Wraps the predictor's model entry points: counts calls running at once, and can hold
+    them until the test opens ``gate`` (to fill the queue)."""
 
     def __init__(self, predictor):
         self.now = self.peak = 0
-        self.delay = 0.0
+        self.gate = threading.Event()
+        self.gate.set()
         self._lock = threading.Lock()
         for name in ("predict", "word_ablation"):
             setattr(predictor, name, self.wrap(getattr(predictor, name)))
@@ -183,7 +184,7 @@ class InFlight:
                 self.now += 1
                 self.peak = max(self.peak, self.now)
             try:
-                time.sleep(self.delay)
+                self.gate.wait(timeout=120)
                 return fn(*a, **k)
             finally:
                 with self._lock:
@@ -263,11 +264,16 @@ def test_a_bomb_through_the_app_is_reported_as_too_large(server, tmp_path):
 def test_a_full_queue_gets_a_message_model_calls_stay_limited_and_the_server_keeps_serving(server, small_png, caplog):
     url, inflight, _ = server
     clients = [connect(url) for _ in range(6)]
-    inflight.peak, inflight.delay = 0, 1.5
+    inflight.peak = 0
+    inflight.gate.clear()  # the first model call holds until the queue has refused someone
     caplog.set_level(logging.INFO, logger="mmi.app")
     try:
         jobs = [c.submit(handle_file(small_png), "the red cube on the left", 0.5, api_name="/segment") for c in clients]
         jobs.append(clients[0].submit(handle_file(small_png), "a blue ball", 0.5, api_name="/word_importance"))
+        deadline = time.monotonic() + 120
+        while not any(j.done() for j in jobs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        inflight.gate.set()
         outcomes = []
         for j in jobs:
             try:
@@ -276,7 +282,7 @@ def test_a_full_queue_gets_a_message_model_calls_stay_limited_and_the_server_kee
             except Exception as e:  # noqa: BLE001
                 outcomes.append(str(e))
     finally:
-        inflight.delay = 0.0
+        inflight.gate.set()
     full = [o for o in outcomes if "Queue is full" in o]
     assert full and "ok" in outcomes, outcomes
     assert all(o == "ok" or "Queue is full" in o for o in outcomes), outcomes
