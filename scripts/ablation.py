@@ -44,7 +44,9 @@ the same for the fusion row. A third table tests each paired difference over the
 paired t-test, two-sided 95%: "higher", "lower" or "not told apart from noise"; none with one
 seed), and a fourth gives the by-type oIoU minus the reference's, paired the same way. ``--plot`` draws every run's validation curve on one figure.
 ``--report`` trains nothing and makes the tables of the runs finished so far (a row's label
-names its seeds when some are missing; pairs only over the seeds both runs have).
+names its seeds when some are missing; pairs only over the seeds both runs have). ``--readme
+README.md`` also writes the tables into the README between its ``<!-- ablation:NAME -->`` markers,
+so the README's tables are the report's and nothing is pasted by hand.
 """
 from __future__ import annotations
 
@@ -304,6 +306,30 @@ def by_seed(rows: dict[str, dict[int, dict]], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def splice(path: str, blocks: dict[str, str]) -> list[str]:
+    """Replace the text between ``<!-- ablation:NAME -->`` and ``<!-- /ablation:NAME -->`` in the file
+    at ``path`` with ``blocks[NAME]`` (a markdown table), leaving everything else as it was, so the
+    README's tables are the report's. Returns the names replaced; a marker pair the file lacks is
+    named on stderr, and a start marker without its end is an error (nothing is written)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    done = []
+    for name, table_text in blocks.items():
+        start, end = f"<!-- ablation:{name} -->", f"<!-- /ablation:{name} -->"
+        i = text.find(start)
+        if i < 0:
+            print(f"{path}: no {start} marker, table {name!r} not written", file=sys.stderr)
+            continue
+        j = text.find(end, i)
+        if j < 0:
+            raise SystemExit(f"{path}: {start} has no {end} after it; nothing written")
+        text = text[:i + len(start)] + "\n" + table_text + "\n" + text[j:]
+        done.append(name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return done
+
+
 def plot(rows: dict[str, dict[int, dict]], path: str, title: str) -> None:
     """Every run's validation curve (oIoU against step), one colour per variant, one line style per seed."""
     import matplotlib
@@ -349,6 +375,10 @@ def main() -> None:
     ap.add_argument("--out", default="runs/ablation_cpu")
     ap.add_argument("--keep", default=None, help="copy each finished run's result to KEEP/runs/ (and the summary to KEEP)")
     ap.add_argument("--plot", default=None, help="draw every run's validation curve to this PNG")
+    ap.add_argument("--readme", default=None,
+                    help="write the tables into this markdown file between its <!-- ablation:NAME --> and "
+                         "<!-- /ablation:NAME --> markers (NAME: totals, by_seed, paired, by_type, by_type-baseline, "
+                         "by_type-all)")
     ap.add_argument("--report", action="store_true",
                     help="train nothing: the tables of the runs finished so far (the others named on stderr)")
     args = ap.parse_args()
@@ -401,20 +431,21 @@ def main() -> None:
     label = {v: v if len(res) == len(args.seeds) else f"{v} (seed {', '.join(map(str, res))})" for v, res in rows.items()}
     shown = {label[v]: summary[v] for v in summary}
     paired = tuple(c for c in ("oIoU - baseline", "oIoU - all") if any(c in s for s in summary.values()))
-    print(table(shown, METRICS + paired, lambda v, k: shown[v].get(k)))
-    print("\noIoU of each run, and minus the baseline's of the same seed\n")
-    print(by_seed(rows, args.seeds))
+    # the tables, each under a name that --readme looks for between <!-- ablation:NAME --> markers
+    blocks = {"totals": ("", table(shown, METRICS + paired, lambda v, k: shown[v].get(k))),
+              "by_seed": ("oIoU of each run, and minus the baseline's of the same seed", by_seed(rows, args.seeds))}
     if any("test - baseline" in r or "test - all" in r for r in shown.values()):
-        print("\nPaired by seed (each run minus its reference's run of the same seed), with a paired t-test\n")
-        print(paired_table(shown))
+        blocks["paired"] = ("Paired by seed (each run minus its reference's run of the same seed), with a paired t-test",
+                            paired_table(shown))
     if types:
-        print("\noIoU by expression type\n")
-        print(table(shown, types, lambda v, t: shown[v]["by_type"][t]))
+        blocks["by_type"] = ("oIoU by expression type", table(shown, types, lambda v, t: shown[v]["by_type"][t]))
         for ref in ("baseline", "all"):
             diff = {v: r for v, r in shown.items() if f"by_type - {ref}" in r}
             if diff:
-                print(f"\noIoU by expression type minus the {ref}'s (paired by seed)\n")
-                print(table(diff, types, lambda v, t, ref=ref: diff[v][f"by_type - {ref}"][t]))
+                blocks[f"by_type-{ref}"] = (f"oIoU by expression type minus the {ref}'s (paired by seed)",
+                                            table(diff, types, lambda v, t, ref=ref: diff[v][f"by_type - {ref}"][t]))
+    for title, text in blocks.values():
+        print(f"\n{title}\n\n{text}" if title else text)
     doc = {"args": vars(args), "variants": {v: variants(args.legacy)[v] for v in args.variants}, "results": summary,
            "missing": missing, "curves": {v: {str(s): r.get("curve", []) for s, r in res.items()} for v, res in rows.items()}}
     for folder in {args.out, args.keep} - {None}:
@@ -424,6 +455,8 @@ def main() -> None:
     if args.plot:
         plot(rows, args.plot, f"synref/val, first {cfg['data']['val_max_items']} expressions, during training "
                               f"({args.config})")
+    if args.readme:  # last: a README without its end marker stops nothing above
+        splice(args.readme, {name: text for name, (_, text) in blocks.items()})
 
 
 if __name__ == "__main__":

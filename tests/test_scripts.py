@@ -109,6 +109,37 @@ def test_ablation_tests_each_paired_difference_and_reports_it_by_type(tmp_path, 
     assert "oIoU by expression type minus the baseline's (paired by seed)" in out
 
 
+def test_ablation_writes_its_tables_into_the_readme_between_markers(tmp_path, monkeypatch, capsys):
+    """--readme replaces what stands between each table's markers with the report's table and
+    leaves the prose around them as it was; a start marker without its end writes nothing."""
+    mod = load_script("ablation")
+    for variant, per_seed in {"baseline": (0.20, 0.30), "all": (0.40, 0.52)}.items():
+        for seed, value in enumerate(per_seed):
+            run = tmp_path / f"{variant}_s{seed}"
+            run.mkdir()
+            (run / "eval_val.json").write_text(json.dumps({"totals": {k: value for k in mod.METRICS},
+                                                           "by_type": {t: {"oIoU": value} for t in mod.TYPES}}))
+    readme = tmp_path / "README.md"
+    readme.write_text("# intro\n<!-- ablation:by_seed -->\nold table\n<!-- /ablation:by_seed -->\nprose between\n"
+                      "<!-- ablation:paired -->\n<!-- /ablation:paired -->\nend\n")
+    monkeypatch.setattr(mod, "run", lambda cmd: pytest.fail(f"nothing should train: {cmd}"))
+    monkeypatch.setattr("sys.argv", ["ablation.py", "--variants", "baseline", "all", "--seeds", "0", "1",
+                                     "--out", str(tmp_path), "--report", "--readme", str(readme)])
+    mod.main()
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# intro\n") and "\nprose between\n" in text
+    assert text.endswith("<!-- /ablation:paired -->\nend\n")
+    assert "| all | 40.00 | 52.00 | +20.00 | +22.00 |" in text  # by seed, minus the same seed's baseline
+    assert "| all | baseline | +21.00 ± 1.00 | +20.00, +22.00 |" in text
+    assert "no <!-- ablation:totals --> marker" in capsys.readouterr().err  # named, not an error
+    mod.main()  # again: the same file (the markers survive a rewrite)
+    assert readme.read_text() == text
+    readme.write_text("<!-- ablation:by_seed -->\nkept\n")
+    with pytest.raises(SystemExit, match="has no <!-- /ablation:by_seed -->"):
+        mod.main()
+    assert readme.read_text() == "<!-- ablation:by_seed -->\nkept\n"
+
+
 def test_ablation_refuses_a_finished_run_of_another_budget(tmp_path, monkeypatch):
     run = tmp_path / "baseline_s0"
     run.mkdir()
