@@ -1,4 +1,5 @@
 """The MMI network: attention normalisation, padding, switches, gradients, overfitting."""
+import os
 import re
 from pathlib import Path
 
@@ -549,3 +550,48 @@ def test_feature_cache_serves_named_images_that_were_not_loaded(tmp_path):
     model.feature_cache = fresh
     feats = model.encode_image(None, ["c", "a"], [False, False])
     assert torch.allclose(feats["pixels"], model.encode_image(images[[2, 0]])["pixels"])
+
+
+def test_feature_cache_keeps_new_names_in_a_small_file_beside_the_memo(tmp_path, capsys):
+    """Names learned for entries the memo file holds already go to its names file, not into a
+    rewrite of the (large) memo file; two runs sharing the file add to each other's names; a
+    names file of another backbone or a broken one is ignored with a warning; a new entry
+    rewrites the memo file with every name."""
+    from mmi.model.feature_cache import NAMES_FORMAT, FeatureCache, _key_rows, _write_atomic, names_path
+
+    torch.manual_seed(0)
+    model = build_model("tiny", V, frozen_backbone=True).eval()
+    images = make_batch(model, B=3)["image"]
+    path = str(tmp_path / "memo.pt")
+    first = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+    first(model.backbone, images)  # by content only, as a run without names fills it
+    assert first.save(path, model.backbone) == 3
+    written = os.stat(path).st_mtime_ns
+
+    def run(names, rows):  # a run that loads the memo and names some of its images
+        cache = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+        cache.load(path, model.backbone)
+        cache(model.backbone, images[rows], names, [True] * len(names))
+        assert cache.unsaved == 0 and cache.unsaved_names == len(names)
+        return cache
+
+    a, b = run(["a", "b"], [0, 1]), run(["c"], [2])
+    assert a.save(path, model.backbone) == 0 and b.save(path, model.backbone) == 0
+    assert os.stat(path).st_mtime_ns == written and os.path.exists(names_path(path))
+    both = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+    both.load(path, model.backbone)
+    assert both.index == {**a.index, **b.index} and set(both.index) == {"a", "b", "c"}
+    assert both.save(path, model.backbone) == 0  # nothing new: nothing written
+    _write_atomic({"format": NAMES_FORMAT, "backbone": "0" * 32, "names": ["a"],  # another backbone's
+                   "name_keys": _key_rows([both.index["a"]])}, names_path(path))
+    fresh = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+    fresh.load(path, model.backbone)
+    assert fresh.names() == frozenset()  # ignored; the memo file itself was never told the names
+    assert "memo.pt.names: made with another backbone, ignored" in capsys.readouterr().out
+    grown = run(["a"], [0])
+    grown(model.backbone, images[:1] * 0.5, ["new"], [True])  # a new entry: the memo file is rewritten
+    assert grown.unsaved == 1 and grown.save(path, model.backbone) == 4 and os.stat(path).st_mtime_ns != written
+    Path(names_path(path)).write_bytes(b"broken")
+    again = FeatureCache(max_bytes=10**8, dtype=torch.float32)
+    assert again.load(path, model.backbone) == 4 and again.names() == {"a", "new"}
+    assert "memo.pt.names: not a names file, ignored" in capsys.readouterr().out

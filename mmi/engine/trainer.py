@@ -526,9 +526,10 @@ class Trainer:
         return self.finish(stopped_early)
 
     def _save_feature_cache(self) -> None:
-        """Write the backbone memo to ``train.feature_cache_file`` (main rank) when it grew."""
+        """Write the backbone memo to ``train.feature_cache_file`` (main rank) when it grew (only
+        its names file when names alone are new: FeatureCache.save)."""
         cache, path = self.model.feature_cache, self.cfg["train"]["feature_cache_file"]
-        if cache is None or not path or not cache.unsaved or not self.info.is_main:
+        if cache is None or not path or not (cache.unsaved or cache.unsaved_names) or not self.info.is_main:
             return
         try:
             cache.save(path, self.model.memoised_part())

@@ -10,7 +10,8 @@ once ``max_bytes`` is reached, new images are computed but not stored.
 ``save(path, backbone)`` writes the memo to a file and ``load(path, backbone)`` reads it
 back (``weights_only=True``, memory-mapped), so a later run, or several runs of a comparison,
 skip the backbone entirely; the file records a fingerprint of the backbone's weights and is refused
-for another backbone. ``python -m mmi.model.feature_cache --config CFG`` fills such a file
+for another backbone; names learned for images already in the file go to a small names file
+beside it (``names_path``). ``python -m mmi.model.feature_cache --config CFG`` fills such a file
 for a run's train and val images (``scripts/train_shipped.sh`` does it first).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 import torch.nn as nn
 
 FORMAT = "mmi-feature-cache/2"
+NAMES_FORMAT = "mmi-feature-cache-names/1"  # the names file beside a memo file (FeatureCache.save)
 FORMATS = ("mmi-feature-cache/1", FORMAT)  # /1: one tensor per level; /2: the same rows in chunks
 
 
@@ -54,7 +56,9 @@ class FeatureCache:
         self.index: dict[str, bytes] = {}  # image name -> content key of a stored entry (see __call__)
         self.bytes = 0
         self.hits = self.misses = 0
-        self.unsaved = 0  # entries (or names) added since the last save() or load()
+        self.unsaved = 0  # entries added since the last save() or load()
+        self.unsaved_names = 0  # names recorded since then (for entries stored already)
+        self.file: str | None = None  # the file last loaded or saved (whose entries are all in the memo)
 
     @staticmethod
     def key(x: torch.Tensor) -> bytes:
@@ -133,7 +137,7 @@ class FeatureCache:
             for name, k in zip(names, keys):
                 if k in self.store and self.index.get(name) != k:
                     self.index[name] = k
-                    self.unsaved += 1  # the file should learn the name too
+                    self.unsaved_names += 1  # the file should learn the name too
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if image is not None:
@@ -144,9 +148,25 @@ class FeatureCache:
         return [torch.stack([m[level] for m in maps]) for level in range(len(maps[0]))]
 
     def save(self, path: str, backbone: nn.Module) -> int:
-        """Write every stored entry to ``path`` (atomically: a temporary file, then a rename).
-        Returns the number of entries written."""
+        """Write every stored entry to ``path`` (atomically: a temporary file, then a rename), with
+        the names known for them. Returns the number of entries written.
+
+        When no entry was added since this file was written or read (``unsaved`` is 0), and it is
+        still there, only new names are to be kept: they go to the small file ``names_path(path)``
+        beside it instead (the names it held already kept, so runs sharing one memo add to each
+        other's names), and the memo file, gigabytes for a large one, is not rewritten. Returns 0
+        then."""
         if not self.store:
+            return 0
+        fingerprint = backbone_fingerprint(backbone)
+        if not self.unsaved and self.file == os.path.abspath(path) and os.path.exists(path):
+            if self.unsaved_names:
+                names = self._read_names(names_path(path), fingerprint)
+                names.update((n, k) for n, k in self.index.items() if k in self.store)
+                named = sorted(names)
+                _write_atomic({"format": NAMES_FORMAT, "backbone": fingerprint, "names": named,
+                               "name_keys": _key_rows([names[n] for n in named])}, names_path(path))
+                self.unsaved_names = 0
             return 0
         chunks, keys = [], []
         for chunk, ck in zip(self.chunks, self.chunk_keys):
@@ -154,20 +174,32 @@ class FeatureCache:
             if n:  # a full chunk as it is; the one being filled, its rows so far (a copy of < one chunk)
                 chunks.append(chunk if n == chunk[0].shape[0] else [level[:n].clone() for level in chunk])
                 keys.extend(ck)
-        named = sorted(n for n, k in self.index.items() if k in self.store)
-        data = {"format": FORMAT, "backbone": backbone_fingerprint(backbone), "keys": _key_rows(keys),
-                "chunks": chunks, "names": named, "name_keys": _key_rows([self.index[n] for n in named])}
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            torch.save(data, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        self.unsaved = 0
+        names = {n: k for n, k in self._read_names(names_path(path), fingerprint).items() if k in self.store}
+        names.update((n, k) for n, k in self.index.items() if k in self.store)
+        named = sorted(names)
+        _write_atomic({"format": FORMAT, "backbone": fingerprint, "keys": _key_rows(keys), "chunks": chunks,
+                       "names": named, "name_keys": _key_rows([names[n] for n in named])}, path)
+        self.unsaved = self.unsaved_names = 0
+        self.file = os.path.abspath(path)
         return len(keys)
+
+    @staticmethod
+    def _read_names(path: str, fingerprint: str) -> dict[str, bytes]:
+        """The names of a names file (name -> content key); empty when there is none, and, with a
+        warning, when it is unreadable or made with another backbone (names only save loading)."""
+        if not os.path.exists(path):
+            return {}
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(data, dict) or data.get("format") != NAMES_FORMAT:
+                raise ValueError(f"format {NAMES_FORMAT!r} expected")
+        except Exception as e:
+            print(f"warning: {path}: not a names file, ignored ({type(e).__name__}: {e})", flush=True)
+            return {}
+        if data["backbone"] != fingerprint:
+            print(f"warning: {path}: made with another backbone, ignored", flush=True)
+            return {}
+        return dict(zip(data["names"], (k.tobytes() for k in data["name_keys"].numpy())))
 
     def load(self, path: str, backbone: nn.Module) -> int:
         """Add the entries of a file written by :meth:`save` (up to ``max_bytes``).
@@ -207,9 +239,29 @@ class FeatureCache:
                     if not self._add(k, [level[r] for level in chunk]):
                         break
                     added += 1
-        self.index.update((n, k) for n, k in zip(names, name_keys) if k in self.store)
-        self.unsaved = 0
+        names = dict(zip(names, name_keys))
+        names.update(self._read_names(names_path(path), data["backbone"]))
+        self.index.update((n, k) for n, k in names.items() if k in self.store)
+        self.unsaved = self.unsaved_names = 0
+        self.file = os.path.abspath(path)
         return added
+
+
+def names_path(path: str) -> str:
+    """The names file that goes with the memo file at ``path`` (FeatureCache.save)."""
+    return path + ".names"
+
+
+def _write_atomic(data: dict, path: str) -> None:
+    """torch.save to a temporary file beside ``path``, then a rename: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _key_rows(keys: list[bytes]) -> torch.Tensor:
@@ -268,7 +320,7 @@ def main(argv=None) -> None:
                 cache(part, torch.stack([ds[i]["image"] for i in items]),
                       [ds.image_name(int(ds.ref(i)["image_id"])) for i in items], [True] * len(items))
     n = cache.save(path, part)
-    print(f"{path}: {n} images, {cache.bytes / 2**30:.2f} GiB")
+    print(f"{path}: {n} images written, {len(cache)} held, {len(cache.index)} named, {cache.bytes / 2**30:.2f} GiB")
 
 
 if __name__ == "__main__":
