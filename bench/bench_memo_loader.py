@@ -45,17 +45,21 @@ def one_run(args, by_name: bool, out: str) -> dict:
     cache, part = tr.model.feature_cache, tr.model.memoised_part()
     ds = tr.train_ds
     ds.memo_names = frozenset()
+    sizes = []  # images per step (the last batch of a short split may be smaller)
     with torch.no_grad():  # teach the memo the names of this epoch's images (all present: keyed by content)
         for i, batch in enumerate(tr._loader(0, 0)):
             if i == args.steps:
                 break
             cache(part, batch["image"], batch["image_names"], batch["image_present"])
+            sizes.append(len(batch["image_names"]))
     ds.memo_names = None
     hits = cache.hits
     cpu, wall = time.process_time(), time.perf_counter()
     tr.fit()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    images = tr.state.step * int(cfg["data"]["batch_size"])  # the steps taken (an epoch may be shorter)
+    if tr.state.step != len(sizes):
+        raise SystemExit(f"trained {tr.state.step} steps where the loader gave {len(sizes)} batches")
+    images = sum(sizes)  # those batches, the same ones the run took (same seed, same epoch)
     return {"mode": "name" if by_name else "content", "images": images, "cpu_ms_per_image": 1e3 * cpu / images,
             "wall_ms_per_image": 1e3 * wall / images, "memo_hits": cache.hits - hits}
 
