@@ -253,6 +253,24 @@ def test_an_upload_over_the_limit_gets_a_message_and_the_server_keeps_serving(se
     assert len(out["expressions"]) == 1
 
 
+def test_an_image_sent_inline_is_held_to_the_servers_upload_limit(server, small_png):
+    """A ``data:`` URL image never passes Gradio's upload check: the tabs hold it to the limits
+    the server was launched with (kept on the app's context, one per app, not a process global)."""
+    import base64
+
+    from webapp.common import Workdir, image_file
+
+    demo = server[2]
+    assert demo.mmi_context.limits is LIMITS
+    small = "data:image/png;base64," + base64.b64encode(open(small_png, "rb").read()).decode()
+    big = "data:image/png;base64," + "A" * (LIMITS.max_upload_bytes * 4 // 3 + 8)
+    path = image_file({"url": small}, Workdir(), LIMITS)
+    assert open(path, "rb").read() == open(small_png, "rb").read()
+    with pytest.raises(ValueError, match="the image sent inline is over the upload limit of 0.05 MB"):
+        image_file({"url": big}, Workdir(), LIMITS)
+    assert image_file({"url": big}, Workdir()) is not None  # an app not served: no limit of its own
+
+
 def test_a_bomb_through_the_app_is_reported_as_too_large(server, tmp_path):
     bomb = tmp_path / "bomb.png"
     png_header_only(bomb, 20000, 20000)

@@ -56,7 +56,8 @@ def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, block: bo
     default ones when None) and Gradio's login when ``credentials`` [(user, password)]."""
     limits = limits or serving.Limits()
     serving.apply_limits(demo, limits)
-    serving.ACTIVE = limits
+    if getattr(demo, "mmi_context", None) is not None:
+        demo.mmi_context.limits = limits  # the tabs' check of images sent inline
     demo.queue(default_concurrency_limit=2, max_size=limits.max_queue)
     serving.log.info(serving.describe(host, port, credentials, limits))
     demo.launch(server_name=host, server_port=port, share=False, show_error=True, prevent_thread_lock=not block,

@@ -78,10 +78,12 @@ def swatch(i: int) -> str:
     return f'<span class="sw" style="background:{viz.hex_color(rgb)};color:{ink}">{i}</span>'
 
 
-def image_file(payload: Any, workdir: "Workdir | None" = None) -> str | None:
+def image_file(payload: Any, workdir: "Workdir | None" = None, limits: "Any | None" = None) -> str | None:
     """The file of an image input's raw payload (the events run with ``preprocess=False``
     so that an unreadable upload reaches our own message, not PIL's): a path, a FileData
-    dict or a ``data:`` URL (written to ``workdir``)."""
+    dict or a ``data:`` URL (written to ``workdir``; refused over the upload limit of
+    ``limits``, the server's :class:`webapp.serving.Limits`, which Gradio's own check of
+    uploaded files does not see)."""
     if payload is None or isinstance(payload, str):
         return payload or None
     get = payload.get if isinstance(payload, dict) else lambda k, d=None: getattr(payload, k, d)
@@ -91,7 +93,7 @@ def image_file(payload: Any, workdir: "Workdir | None" = None) -> str | None:
     if url.startswith("data:") and "," in url:
         from . import serving
 
-        serving.inline_image_ok(len(url), serving.ACTIVE)
+        serving.inline_image_ok(len(url), limits)
         folder = workdir.fresh() if workdir else tempfile.mkdtemp(prefix="mmi_app_")
         path = os.path.join(folder, "pasted_image")
         with open(path, "wb") as f:
@@ -357,3 +359,4 @@ class Context:
     data_root: str | None = None
     examples_dir: str = EXAMPLES_DIR
     on_load: list = field(default_factory=list)  # (fn, inputs, outputs) run when a page opens
+    limits: Any = None  # the serving limits (webapp.serving.Limits), set by webapp.launch

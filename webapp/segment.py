@@ -54,7 +54,7 @@ def segment_json(ctx: Context, image: Any, text: Any, threshold: float) -> dict:
     """The ``/segment`` API result: ``{"height", "width", "threshold", "layers", "skipped",
     "expressions": [Prediction.to_json()]}`` (masks as COCO RLE at the original size, per
     layer and word the head-averaged LAV / VAL grids)."""
-    rgb, exprs, skipped = read_request(ctx.predictor, image_file(image, ctx.workdir), text)
+    rgb, exprs, skipped = read_request(ctx.predictor, image_file(image, ctx.workdir, ctx.limits), text)
     threshold = 0.5 if threshold is None else float(threshold)
     preds = ctx.predictor.predict(rgb, exprs, threshold)
     return {"height": int(rgb.shape[0]), "width": int(rgb.shape[1]), "threshold": threshold,
@@ -64,7 +64,7 @@ def segment_json(ctx: Context, image: Any, text: Any, threshold: float) -> dict:
 def importance_json(ctx: Context, image: Any, text: Any, threshold: float) -> dict:
     """The ``/word_importance`` API: per expression and word, the IoU between the
     expression's mask and its mask with that word removed (low = the word mattered)."""
-    rgb, exprs, skipped = read_request(ctx.predictor, image_file(image, ctx.workdir), text)
+    rgb, exprs, skipped = read_request(ctx.predictor, image_file(image, ctx.workdir, ctx.limits), text)
     threshold = 0.5 if threshold is None else float(threshold)
     items = ctx.predictor.word_ablation(rgb, exprs)
     out = []
@@ -223,7 +223,7 @@ def run(ctx: Context, image: Any, text: Any, threshold: float, layer_choice: Any
         measure: Any) -> tuple:
     """Segment: (key, overlay, shown, legend, table, importance, heatmaps, files, status)."""
     start = time.time()
-    path = image_file(image, ctx.workdir)
+    path = image_file(image, ctx.workdir, ctx.limits)
     rgb, exprs, notes = read_request(ctx.predictor, path, text)
     parse_layer(layer_choice, ctx.predictor.num_layers)
     calls = ctx.predictor.encode_calls

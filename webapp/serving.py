@@ -205,8 +205,6 @@ def inline_image_ok(n_chars: int, limits: Limits | None) -> None:
         raise ValueError(f"the image sent inline is over the upload limit of {limits.max_upload_mb:g} MB")
 
 
-ACTIVE: Limits | None = None  # the limits of the running server (for inline images)
-
 
 # ----------------------------------------------------------------------------- app.py's flags
 
