@@ -456,7 +456,8 @@ def main() -> None:
         plot(rows, args.plot, f"synref/val, first {cfg['data']['val_max_items']} expressions, during training "
                               f"({args.config})")
     if args.readme:  # last: a README without its end marker stops nothing above
-        splice(args.readme, {name: text for name, (_, text) in blocks.items()})
+        done = splice(args.readme, {name: text for name, (_, text) in blocks.items()})
+        print(f"{args.readme}: {len(done)} table(s) written ({', '.join(done) or 'none'})", file=sys.stderr)
 
 
 if __name__ == "__main__":

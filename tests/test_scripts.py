@@ -131,7 +131,9 @@ def test_ablation_writes_its_tables_into_the_readme_between_markers(tmp_path, mo
     assert text.endswith("<!-- /ablation:paired -->\nend\n")
     assert "| all | 40.00 | 52.00 | +20.00 | +22.00 |" in text  # by seed, minus the same seed's baseline
     assert "| all | baseline | +21.00 ± 1.00 | +20.00, +22.00 |" in text
-    assert "no <!-- ablation:totals --> marker" in capsys.readouterr().err  # named, not an error
+    err = capsys.readouterr().err
+    assert "no <!-- ablation:totals --> marker" in err  # named, not an error
+    assert "README.md: 2 table(s) written (by_seed, paired)" in err
     mod.main()  # again: the same file (the markers survive a rewrite)
     assert readme.read_text() == text
     readme.write_text("<!-- ablation:by_seed -->\nkept\n")
