@@ -602,3 +602,39 @@ def test_summarize_eval_iou_bands_split_each_type():
     assert bands["all"]["count"] == 6 and [bands["all"][b] for b in mod.BANDS] == [1 / 6, 1 / 6, 2 / 6, 2 / 6]
     assert [bands["ordinal"][b] for b in mod.BANDS] == [0.5, 0.5, 0.0, 0.0]
     assert [bands["position"][b] for b in mod.BANDS] == [0.0, 0.0, 2 / 3, 1 / 3]
+
+
+def test_stage2_data_comparison_runs_differ_only_in_their_training_images(tmp_path):
+    """scripts/stage2_data_comparison.sh: the seed-5 world is made when missing, the two stage-2 runs get
+    the same settings but data root, memo file and output, one torch thread each, and both are
+    evaluated on the same (seed-0) val split from their best.pt."""
+    import subprocess
+
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_python"  # records each command (with its thread count) instead of running it
+    fake.write_text(f'#!/usr/bin/env bash\necho "OMP=${{OMP_NUM_THREADS:-}} $*" >> {calls}\n')
+    fake.chmod(0o755)
+    data, out = tmp_path / "d", tmp_path / "out"
+    (data / "synref").mkdir(parents=True)
+    (data / "synref" / "refs(unc).p").write_bytes(b"")  # the seed-0 world is there; seed 5's is not
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "stage2_data_comparison.sh"), str(data)], capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "PY": str(fake), "OUTDIR": str(out)}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    lines = calls.read_text().splitlines()
+    assert [line for line in lines if "mmi.data.synthetic" in line] == [
+        f"OMP= -m mmi.data.synthetic --out {data}/seed5 --images 24000 --seed 5"]
+    trains = {}
+    for line in lines:
+        if " train.py --config " in line:
+            assert line.startswith("OMP=1 ")
+            items = line.split(" --set ", 1)[1].split()
+            name = next(i for i in items if i.startswith("output=")).rsplit("/", 1)[1]
+            trains[name] = items
+    assert sorted(trains) == ["fresh", "same"]
+    differs = set(trains["same"]) ^ set(trains["fresh"])
+    assert {i.split("=", 1)[0] for i in differs} == {"output", "data.root", "train.feature_cache_file"}
+    assert f"data.root={data}" in trains["same"] and f"data.root={data}/seed5" in trains["fresh"]
+    assert "train.seed=1" in trains["same"] and "train.max_steps_per_epoch=1681" in trains["same"]
+    evals = sorted(line for line in lines if "--eval-only" in line)
+    assert evals == [f"OMP=1 train.py --eval-only --checkpoint {out}/{n}/best.pt --dataset synref --split val "
+                     f"--data-root {data} --out {out}/{n}/eval_val.json --workers 1" for n in ("fresh", "same")]
