@@ -7,8 +7,9 @@
 #   fresh  a seed-5 world of 24,000 images (its ~18,000 train images, each expression seen ~2 times;
 #          no image of the seed-0 evaluation splits), its stage-1 backbone memo filled during training
 # Both are then evaluated on the whole seed-0 val split (train.py --eval-only, threshold 0.5).
-#   bash scripts/stage2_data_comparison.sh [DATA_ROOT=data] [SEED=1]
+#   [SEED=1] [OUTDIR=runs/stage2_data] bash scripts/stage2_data_comparison.sh [DATA_ROOT=data]
 # Each step is skipped when its output is there; an interrupted run resumes from its last.pt.
+# Exits non-zero (after both runs end) when either failed; its output is in OUTDIR/NAME.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data}
@@ -33,8 +34,14 @@ run() {  # name, then --set items
     --out "$OUTDIR/$name/eval_val.json" --workers 1 >> "$OUTDIR/$name.txt" 2>&1
 }
 run same data.root="$DATA" train.feature_cache_file="$DATA/cache/synref_gpu_stage1b_256.pt" &
+same=$!
 run fresh data.root="$FRESH" train.feature_cache_file="$DATA/cache/synref_seed5_gpu_stage1b_256.pt" &
-wait
+fresh=$!
+failed=()
+wait "$same" || failed+=(same)
+wait "$fresh" || failed+=(fresh)
+for name in "${failed[@]}"; do echo "error: the $name run failed; see $OUTDIR/$name.txt" >&2; done
+[ ${#failed[@]} -eq 0 ] || exit 1
 for name in same fresh; do
   echo "== $name: validation during training (its own world's first 600 val expressions)"
   $PY scripts/time_to_accuracy.py "$OUTDIR/$name/log.jsonl"

@@ -638,3 +638,12 @@ def test_stage2_data_comparison_runs_differ_only_in_their_training_images(tmp_pa
     evals = sorted(line for line in lines if "--eval-only" in line)
     assert evals == [f"OMP=1 train.py --eval-only --checkpoint {out}/{n}/best.pt --dataset synref --split val "
                      f"--data-root {data} --out {out}/{n}/eval_val.json --workers 1" for n in ("fresh", "same")]
+
+    # a failed run: the other still runs and is evaluated, the script names the failure and exits non-zero
+    calls.unlink()
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\ncase "$*" in *"/fresh "*) exit 1;; esac\n')
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "stage2_data_comparison.sh"), str(data)], capture_output=True,
+                         text=True, env={"PATH": "/usr/bin:/bin", "PY": str(fake), "OUTDIR": str(out)}, timeout=60)
+    assert res.returncode == 1 and "the fresh run failed" in res.stderr and "same run failed" not in res.stderr
+    assert any(line.startswith(f"train.py --eval-only --checkpoint {out}/same/best.pt") for line in
+               calls.read_text().splitlines())
