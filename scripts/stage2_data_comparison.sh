@@ -9,7 +9,7 @@
 # Both are then evaluated on the whole seed-0 val split (train.py --eval-only, threshold 0.5).
 #   [SEED=1] [OUTDIR=runs/stage2_data] bash scripts/stage2_data_comparison.sh [DATA_ROOT=data]
 # Each step is skipped when its output is there; an interrupted run resumes from its last.pt.
-# Exits non-zero (after both runs end) when either failed; its output is in OUTDIR/NAME.txt.
+# Exits non-zero (after both runs end) when either failed; each run's output is appended to OUTDIR/NAME.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data}
@@ -28,7 +28,7 @@ common=(train.seed="$SEED" train.epochs=4 train.max_steps_per_epoch=1681 data.wo
 run() {  # name, then --set items
   local name=$1; shift
   OMP_NUM_THREADS=1 $PY train.py --config "$CONFIG" --no-progress --resume auto \
-    --set "${common[@]}" output="$OUTDIR/$name" "$@" > "$OUTDIR/$name.txt" 2>&1
+    --set "${common[@]}" output="$OUTDIR/$name" "$@" >> "$OUTDIR/$name.txt" 2>&1
   [ -f "$OUTDIR/$name/eval_val.json" ] || OMP_NUM_THREADS=1 $PY train.py --eval-only \
     --checkpoint "$OUTDIR/$name/best.pt" --dataset synref --split val --data-root "$DATA" \
     --out "$OUTDIR/$name/eval_val.json" --workers 1 >> "$OUTDIR/$name.txt" 2>&1
@@ -45,12 +45,6 @@ for name in "${failed[@]}"; do echo "error: the $name run failed; see $OUTDIR/$n
 for name in same fresh; do
   echo "== $name: validation during training (its own world's first 600 val expressions)"
   $PY scripts/time_to_accuracy.py "$OUTDIR/$name/log.jsonl"
-  $PY - "$OUTDIR/$name/eval_val.json" <<'PYEOF'
-import json, sys
-r = json.load(open(sys.argv[1]))
-t, kinds = r["totals"], r["by_type"]
-print("full seed-0 val, %d expressions: oIoU %.2f  mIoU %.2f  Prec@0.5 %.2f  Prec@0.9 %.2f" % (
-    r["count"], *(100 * t[k] for k in ("oIoU", "mIoU", "Prec@0.5", "Prec@0.9"))))
-print("  by type (oIoU): " + ", ".join("%s %.2f" % (k, 100 * v["oIoU"]) for k, v in sorted(kinds.items())))
-PYEOF
+  echo "== $name: the whole seed-0 val split"
+  $PY scripts/summarize_eval.py "$OUTDIR/$name/eval_val.json"
 done

@@ -638,6 +638,8 @@ def test_stage2_data_comparison_runs_differ_only_in_their_training_images(tmp_pa
     evals = sorted(line for line in lines if "--eval-only" in line)
     assert evals == [f"OMP=1 train.py --eval-only --checkpoint {out}/{n}/best.pt --dataset synref --split val "
                      f"--data-root {data} --out {out}/{n}/eval_val.json --workers 1" for n in ("fresh", "same")]
+    assert [line for line in lines if "summarize_eval" in line] == [  # the project's table of an evaluation
+        f"OMP= scripts/summarize_eval.py {out}/{n}/eval_val.json" for n in ("same", "fresh")]
 
     # a failed run: the other still runs and is evaluated, the script names the failure and exits non-zero
     calls.unlink()
