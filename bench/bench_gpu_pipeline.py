@@ -92,11 +92,13 @@ def main() -> None:
     ap.add_argument("--loader-batches", type=int, default=40, help="timed loader batches per worker count")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="runs/bench_gpu_pipeline.json")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides, as train.py's (data.batch_size sets the loader's batch)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     b0 = int(cfg["data"]["batch_size"])
     rows = []
     for b in args.batches:

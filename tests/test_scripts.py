@@ -529,7 +529,7 @@ def test_gpu_ablation_variants_are_valid_runs_of_the_gpu_recipe():
 def test_gpu_pipeline_bench_measures_step_and_loader_at_toy_sizes(tmp_path):
     """bench/bench_gpu_pipeline.py (the step-versus-loader bench run on a lent GPU) on the CPU with
     the tiny preset: one row per batch size and per loader process count, positive rates, JSON
-    written; the loader never runs out on a split smaller than the timed batches."""
+    written; the loader never runs out on a split smaller than the timed batches; --set sets its batch."""
     import os
     import subprocess
     import sys
@@ -545,14 +545,15 @@ def test_gpu_pipeline_bench_measures_step_and_loader_at_toy_sizes(tmp_path):
     out = tmp_path / "bench.json"
     res = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_gpu_pipeline.py"), "--config", str(config),
                           "--data-root", str(world), "--batches", "2", "3", "--steps", "1", "--workers", "0", "1",
-                          "--loader-batches", "20", "--device", "cpu", "--out", str(out)],
+                          "--loader-batches", "20", "--device", "cpu", "--out", str(out),
+                          "--set", "data.batch_size=3"],
                          capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["batch"], r["workers"]) for r in rows] == [(2, None), (3, None), (4, 0), (4, 1), (4, 0), (4, 1)]
+    assert [(r["batch"], r["workers"]) for r in rows] == [(2, None), (3, None), (3, 0), (3, 1), (3, 0), (3, 1)]
     assert [r["part"].rsplit(", ", 1)[-1] for r in rows[2:]] == ["float", "float", "uint8", "uint8"]
     assert all(r["images_per_s"] > 0 for r in rows)
-    assert "| data loader to the device, uint8 | 4 | 1 |" in res.stdout
+    assert "| data loader to the device, uint8 | 3 | 1 |" in res.stdout
 
 
 def test_feature_cache_bench_saves_and_loads_a_toy_memo(tmp_path):
@@ -649,3 +650,31 @@ def test_stage2_data_comparison_runs_differ_only_in_their_training_images(tmp_pa
     assert res.returncode == 1 and "the fresh run failed" in res.stderr and "same run failed" not in res.stderr
     assert any(line.startswith(f"train.py --eval-only --checkpoint {out}/same/best.pt") for line in
                calls.read_text().splitlines())
+
+
+def test_train_shipped_recipe_is_valid_and_starts_from_the_committed_stage_1():
+    """scripts/train_shipped.sh: each GPU leg's VARIANTS is a valid config of the GPU recipe (leg c:
+    batch 256, lr 2e-3, uint8 batches, from leg b), and the committed stage-1 checkpoint that
+    stage 2 starts from loads with the GPU recipe's network and a vocabulary."""
+    import re
+
+    from mmi.engine.checkpoint import load_inference
+    from mmi.engine.config import load_config
+
+    text = (ROOT / "scripts" / "train_shipped.sh").read_text()
+    legs = {}
+    for name, sets in re.findall(r'VARIANTS="(\w+):([^"]*)"', text):
+        cfg = load_config(str(ROOT / "configs" / "demo_synref_gpu.json"), [s.replace("$RUN1", "runs/x") for s in sets.split(",")])
+        legs[name] = cfg
+    assert sorted(legs) == ["bb01", "c", "s1b"]
+    c = legs["c"]
+    assert (c["data"]["batch_size"], c["optim"]["lr"], c["data"]["uint8_transfer"]) == (256, 0.002, True)
+    assert c["train"]["init_from"] == "runs/x/stage1b.pt" and legs["s1b"]["train"]["init_from"] == "runs/x/stage1a.pt"
+    init = re.search(r"^INIT=(\S+)$", text, re.M).group(1)
+    assert init == "assets/recipes/gpu/stage1c.pt"
+    model, vocab, _ = load_inference(str(ROOT / init))
+    gpu = json.loads((ROOT / "configs" / "demo_synref_gpu.json").read_text())["model"]
+    assert model.config["preset"] == gpu["preset"] and len(vocab) > 100
+    for key, value in gpu["overrides"].items():
+        if key != "frozen_backbone":
+            assert model.config[key] == value, key
