@@ -24,7 +24,9 @@ OUTDIR=${OUTDIR:-runs/stage2_data}
 
 mkdir -p "$OUTDIR"
 # the shipped stage 2's memo file serves "same"; "fresh" fills its own during training
-common=(train.seed="$SEED" train.epochs=4 train.max_steps_per_epoch=1681 data.workers=1)
+# both from stage 1 leg b (assets/recipes/gpu/stage1b.pt), the shipped stage 2's start when this was measured
+common=(train.seed="$SEED" train.epochs=4 train.max_steps_per_epoch=1681 data.workers=1
+        train.init_from=assets/recipes/gpu/stage1b.pt)
 run() {  # name, then --set items
   local name=$1; shift
   OMP_NUM_THREADS=1 $PY train.py --config "$CONFIG" --no-progress --resume auto \

@@ -104,8 +104,8 @@ def test_check_paths_names_the_missing_path(tmp_path):
 
 
 def test_the_second_stage2_config_differs_from_stage2_only_by_the_partly_trained_backbone():
-    """configs/demo_synref_stage2_partial.json is the paired twin of demo_synref_stage2.json (the
-    shipped model averages the two runs): a setting changed in one and not the other fails here."""
+    """configs/demo_synref_stage2_partial.json is the paired twin of demo_synref_stage2.json (README's
+    comparison table): a setting changed in one and not the other fails here."""
     folder = os.path.dirname(CONFIGS[0])
     a = load_config(os.path.join(folder, "demo_synref_stage2.json"))
     b = load_config(os.path.join(folder, "demo_synref_stage2_partial.json"))

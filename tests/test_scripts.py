@@ -636,6 +636,7 @@ def test_stage2_data_comparison_runs_differ_only_in_their_training_images(tmp_pa
     assert {i.split("=", 1)[0] for i in differs} == {"output", "data.root", "train.feature_cache_file"}
     assert f"data.root={data}" in trains["same"] and f"data.root={data}/seed5" in trains["fresh"]
     assert "train.seed=1" in trains["same"] and "train.max_steps_per_epoch=1681" in trains["same"]
+    assert "train.init_from=assets/recipes/gpu/stage1b.pt" in trains["same"]  # as measured, not the shipped stage 1
     evals = sorted(line for line in lines if "--eval-only" in line)
     assert evals == [f"OMP=1 train.py --eval-only --checkpoint {out}/{n}/best.pt --dataset synref --split val "
                      f"--data-root {data} --out {out}/{n}/eval_val.json --workers 1" for n in ("fresh", "same")]
