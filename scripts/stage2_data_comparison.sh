@@ -23,8 +23,8 @@ OUTDIR=${OUTDIR:-runs/stage2_data}
 [ -f "$FRESH/synref/refs(unc).p" ] || $PY -m mmi.data.synthetic --out "$FRESH" --images 24000 --seed 5
 
 mkdir -p "$OUTDIR"
-# the shipped stage 2's memo file serves "same"; "fresh" fills its own during training
-# both from stage 1 leg b (assets/recipes/gpu/stage1b.pt), the shipped stage 2's start when this was measured
+# both from stage 1 leg b (assets/recipes/gpu/stage1b.pt), the shipped stage 2's start when this was
+# measured; leg b's memo file serves "same", "fresh" fills its own during training
 common=(train.seed="$SEED" train.epochs=4 train.max_steps_per_epoch=1681 data.workers=1
         train.init_from=assets/recipes/gpu/stage1b.pt)
 run() {  # name, then --set items

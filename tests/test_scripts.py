@@ -665,8 +665,8 @@ def test_train_shipped_recipe_is_valid_and_starts_from_the_committed_stage_1():
     text = (ROOT / "scripts" / "train_shipped.sh").read_text()
     legs = {}
     for name, sets in re.findall(r'VARIANTS="(\w+):([^"]*)"', text):
-        cfg = load_config(str(ROOT / "configs" / "demo_synref_gpu.json"), [s.replace("$RUN1", "runs/x") for s in sets.split(",")])
-        legs[name] = cfg
+        legs[name] = load_config(str(ROOT / "configs" / "demo_synref_gpu.json"),
+                                 [s.replace("$RUN1", "runs/x") for s in sets.split(",")])
     assert sorted(legs) == ["bb01", "c", "s1b"]
     c = legs["c"]
     assert (c["data"]["batch_size"], c["optim"]["lr"], c["data"]["uint8_transfer"]) == (256, 0.002, True)
