@@ -3,7 +3,9 @@
 # fixed wall-clock deadline, its results under $OUT:
 #   bash scripts/gpu_train.sh            (OUT=folder for the results; see the variables below)
 # Prerequisite (here, with PyPI): python scripts/fetch_wheels.py fills .whl/ (16 MiB), which the
-# device call carries; on a machine that has the packages, the wheels are not needed.
+# device call carries; on a machine that has the packages, the wheels are not needed. The call's
+# tree (tracked files, 50.0 MB on 2026-11-27) plus .whl must stay under 64 MiB (67.1 MB): 0.3 MB
+# to spare; a new committed checkpoint needs room made first (or carry the wheels it needs only).
 # Steps (each one's seconds in $OUT/steps.txt):
 #   1. wheels: unzipped into $WORK/site when a package is missing
 #   2. data: a SMOKE_IMAGES-image world for the smoke test, then the training world (IMAGES images,
