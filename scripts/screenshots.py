@@ -22,10 +22,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 
 def save(page_or_locator, path: str, **kw) -> None:
-    from PIL import Image
+    from mmi import viz
 
     page_or_locator.screenshot(path=path, **kw)
-    Image.open(path).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    viz.quantize_png(path)
     print(path, os.path.getsize(path) // 1024, "KB")
 
 

@@ -76,3 +76,21 @@ def test_compare_masks_and_heatmap_overlay():
     heat = viz.heatmap_overlay(img, np.outer(np.arange(20), np.ones(20)).astype(np.float32))
     assert heat.shape == img.shape and not np.array_equal(heat[0], heat[19])
     assert viz.TURBO_CSS.startswith("linear-gradient(to right, #")
+
+
+def test_quantize_png_keeps_size_and_colours_within_a_palette(tmp_path):
+    """viz.quantize_png (figures and screenshots): the same size, at most 256 colours, and the
+    picture kept (a smooth gradient stays within a few levels of the original)."""
+    import cv2
+    from PIL import Image
+
+    y, x = np.mgrid[0:120, 0:160]
+    rgb = np.stack([x * 255 // 159, y * 255 // 119, (x + y) * 255 // 278], -1).astype(np.uint8)
+    path = str(tmp_path / "g.png")
+    cv2.imwrite(path, rgb[..., ::-1])
+    viz.quantize_png(path)
+    im = Image.open(path)
+    assert im.mode == "P" and im.size == (160, 120)
+    back = np.asarray(im.convert("RGB")).astype(int)
+    assert len(np.unique(back.reshape(-1, 3), axis=0)) <= 256
+    assert np.abs(back - rgb).mean() < 4
