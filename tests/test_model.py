@@ -554,10 +554,12 @@ def test_feature_cache_serves_named_images_that_were_not_loaded(tmp_path):
 
 def test_feature_cache_keeps_new_names_in_a_small_file_beside_the_memo(tmp_path, capsys):
     """Names learned for entries the memo file holds already go to its names file, not into a
-    rewrite of the (large) memo file; two runs sharing the file add to each other's names; a
-    names file of another backbone or a broken one is ignored with a warning; a new entry
+    rewrite of the (large) memo file; two runs sharing the file add to each other's names, one
+    at a time (a lock beside the names file); a names file of another backbone or a broken one is ignored with a warning; a new entry
     rewrites the memo file with every name."""
-    from mmi.model.feature_cache import NAMES_FORMAT, FeatureCache, _key_rows, _write_atomic, names_path
+    import threading
+
+    from mmi.model.feature_cache import NAMES_FORMAT, FeatureCache, _key_rows, _write_atomic, file_lock, names_path
 
     torch.manual_seed(0)
     model = build_model("tiny", V, frozen_backbone=True).eval()
@@ -576,7 +578,14 @@ def test_feature_cache_keeps_new_names_in_a_small_file_beside_the_memo(tmp_path,
         return cache
 
     a, b = run(["a", "b"], [0, 1]), run(["c"], [2])
-    assert a.save(path, model.backbone) == 0 and b.save(path, model.backbone) == 0
+    saved = []
+    with file_lock(names_path(path)):  # another run merging its names: a's save waits for it
+        waiting = threading.Thread(target=lambda: saved.append(a.save(path, model.backbone)))
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive() and not os.path.exists(names_path(path))
+    waiting.join(60)
+    assert saved == [0] and b.save(path, model.backbone) == 0
     assert os.stat(path).st_mtime_ns == written and os.path.exists(names_path(path))
     both = FeatureCache(max_bytes=10**8, dtype=torch.float32)
     both.load(path, model.backbone)

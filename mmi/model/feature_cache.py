@@ -11,13 +11,16 @@ once ``max_bytes`` is reached, new images are computed but not stored.
 back (``weights_only=True``, memory-mapped), so a later run, or several runs of a comparison,
 skip the backbone entirely; the file records a fingerprint of the backbone's weights and is refused
 for another backbone; names learned for images already in the file go to a small names file
-beside it (``names_path``). ``python -m mmi.model.feature_cache --config CFG`` fills such a file
+beside it (``names_path``; runs sharing the memo merge their names one at a time, under
+``file_lock``). ``python -m mmi.model.feature_cache --config CFG`` fills such a file
 for a run's train and val images (``scripts/train_shipped.sh`` does it first).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -161,11 +164,12 @@ class FeatureCache:
         fingerprint = backbone_fingerprint(backbone)
         if not self.unsaved and self.file == os.path.abspath(path) and os.path.exists(path):
             if self.unsaved_names:
-                names = self._read_names(names_path(path), fingerprint)
-                names.update((n, k) for n, k in self.index.items() if k in self.store)
-                named = sorted(names)
-                _write_atomic({"format": NAMES_FORMAT, "backbone": fingerprint, "names": named,
-                               "name_keys": _key_rows([names[n] for n in named])}, names_path(path))
+                with file_lock(names_path(path)):  # another run's names, read and rewritten meanwhile, would be lost
+                    names = self._read_names(names_path(path), fingerprint)
+                    names.update((n, k) for n, k in self.index.items() if k in self.store)
+                    named = sorted(names)
+                    _write_atomic({"format": NAMES_FORMAT, "backbone": fingerprint, "names": named,
+                                   "name_keys": _key_rows([names[n] for n in named])}, names_path(path))
                 self.unsaved_names = 0
             return 0
         chunks, keys = [], []
@@ -174,11 +178,12 @@ class FeatureCache:
             if n:  # a full chunk as it is; the one being filled, its rows so far (a copy of < one chunk)
                 chunks.append(chunk if n == chunk[0].shape[0] else [level[:n].clone() for level in chunk])
                 keys.extend(ck)
-        names = {n: k for n, k in self._read_names(names_path(path), fingerprint).items() if k in self.store}
-        names.update((n, k) for n, k in self.index.items() if k in self.store)
-        named = sorted(names)
-        _write_atomic({"format": FORMAT, "backbone": fingerprint, "keys": _key_rows(keys), "chunks": chunks,
-                       "names": named, "name_keys": _key_rows([names[n] for n in named])}, path)
+        with file_lock(names_path(path)):
+            names = {n: k for n, k in self._read_names(names_path(path), fingerprint).items() if k in self.store}
+            names.update((n, k) for n, k in self.index.items() if k in self.store)
+            named = sorted(names)
+            _write_atomic({"format": FORMAT, "backbone": fingerprint, "keys": _key_rows(keys), "chunks": chunks,
+                           "names": named, "name_keys": _key_rows([names[n] for n in named])}, path)
         self.unsaved = self.unsaved_names = 0
         self.file = os.path.abspath(path)
         return len(keys)
@@ -250,6 +255,25 @@ class FeatureCache:
 def names_path(path: str) -> str:
     """The names file that goes with the memo file at ``path`` (FeatureCache.save)."""
     return path + ".names"
+
+
+@contextmanager
+def file_lock(path: str) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path + ".lock"`` (created if missing) for the block:
+    runs sharing one memo read, merge and rewrite its names one at a time. POSIX ``flock``;
+    where there is none (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _write_atomic(data: dict, path: str) -> None:
