@@ -133,4 +133,6 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mmi.engine.distributed import exit_process
+
+    exit_process(main())

@@ -85,6 +85,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str, data_root: str) -> N
                              f"output={os.path.join(out_dir, 'run')}", "word_vectors.source=random"])
     summary = train(cfg, progress=False)
     torch.save(summary, os.path.join(out_dir, f"summary{rank}.pt"))
+    from mmi.engine.distributed import exit_process
+
+    exit_process(0)  # as train.py's workers end: without the interpreter's finalisation
 
 
 def _free_port() -> int:
@@ -116,3 +119,20 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     ckpt = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert len(ckpt["rng"]) == 2 and ckpt["epoch"] == 1
     assert "world_size\": 2" in (tmp_path / "run" / "log.jsonl").read_text()
+
+
+@pytest.mark.parametrize("world, finalised", [("2", False), ("1", True), ("", True)])
+def test_exit_process_skips_finalisation_in_a_group_only(tmp_path, world, finalised):
+    """A group's worker exits with its code and its printed output but without the interpreter's
+    finalisation (no atexit handler runs: where the gloo abort happened); one process exits as usual."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ("import atexit, sys; atexit.register(lambda: print('finalised'))\n"
+            "from mmi.engine.distributed import exit_process\n"
+            "print('done', end=''); sys.stderr.write('err'); exit_process(7)\n")
+    env = dict(os.environ, PYTHONPATH=root, WORLD_SIZE=world)
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 7, res.stderr
+    assert res.stdout == ("donefinalised\n" if finalised else "done") and res.stderr == "err"

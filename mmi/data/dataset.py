@@ -3,7 +3,8 @@
 Training (``train=True``): one item per referred object (ref); each epoch draws one of
 its expressions, deterministically from (seed, epoch, index): call ``set_epoch(e)``
 before each epoch (DataLoader workers copy the dataset, so create the loader's iterator
-after ``set_epoch``, i.e. do not use ``persistent_workers=True``).
+after ``set_epoch``), or, for a loader whose workers persist across epochs, read it through
+:class:`EpochItems`, whose keys ``(epoch, index)`` carry the epoch to the workers' copies.
 Evaluation (``train=False``): one item per expression.
 
 Item::
@@ -255,6 +256,25 @@ class RefDataset(Dataset):
         if name is not None:
             meta["image_name"] = name
         return {"image": image, "words": enc.ids, "word_mask": enc.mask, "mask": target.unsqueeze(0), "meta": meta}
+
+
+class EpochItems(Dataset):
+    """A training :class:`RefDataset` read by ``(epoch, index)`` keys: the item ``index`` as
+    it is in that epoch. For a DataLoader whose worker processes persist across epochs (their
+    copies of the dataset never see a later ``set_epoch``); the keys come from
+    ``mmi.engine.distributed.EpochSampler``."""
+
+    def __init__(self, dataset: RefDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        epoch, index = key
+        if self.dataset.epoch != epoch:
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
         "val_max_items": None,       # evaluate only the first N expressions of val (None: all)
         "uint8_transfer": False,     # training batches leave the loader as uint8 and are normalised on
                                      # the device: a quarter of the bytes per image, the same numbers
+        "persistent_workers": True,  # the training loader's processes live across epochs instead of
+                                     # starting anew each epoch: the same batches (off with a memo
+                                     # keyed by name, whose names the workers would not see grow)
     },
     "optim": {
         "preset": None,              # paper | vlt | None; see the module docstring
@@ -215,6 +218,8 @@ def validate(cfg: dict) -> None:
         _require(isinstance(d[key], int) and d[key] >= 1, f"data.{key}", f"must be a positive integer, got {d[key]!r}")
     _require(isinstance(d["workers"], int) and d["workers"] >= 0, "data.workers", f"must be >= 0, got {d['workers']!r}")
     _require(isinstance(d["uint8_transfer"], bool), "data.uint8_transfer", f"must be true or false, got {d['uint8_transfer']!r}")
+    _require(isinstance(d["persistent_workers"], bool), "data.persistent_workers",
+             f"must be true or false, got {d['persistent_workers']!r}")
     _require(o["name"] in ("adam", "adamw"), "optim.name", f"unknown optimiser {o['name']!r}; choose adam or adamw")
     _require(isinstance(o["lr"], (int, float)) and o["lr"] > 0, "optim.lr", f"must be a positive number, got {o['lr']!r}")
     _require(isinstance(o["backbone_lr_mult"], (int, float)) and o["backbone_lr_mult"] >= 0, "optim.backbone_lr_mult",

@@ -7,12 +7,13 @@ as a single process. NCCL on GPUs, gloo on the CPU. There is no ``--local_rank``
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 
 @dataclass
@@ -88,6 +89,20 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def exit_process(code: int) -> NoReturn:
+    """Exit with ``code``. A worker of a multi-process group (``WORLD_SIZE`` > 1, as torchrun
+    sets) skips the interpreter's finalisation, its streams flushed: call it once the outputs
+    are written and the process group torn down. With torch 2.14 a gloo worker whose peer still
+    held its connections aborted in that finalisation ("terminate called without an active
+    exception", SIGABRT, no Python frame) in about 1 exit of 20, failing a finished run;
+    ``bench/bench_gloo_exit.py`` counts both exits (BENCHMARKS.md)."""
+    if _env_int("WORLD_SIZE", 1) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -146,6 +161,28 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.n, self.world_size))
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """``(epoch, index)`` keys for the indices of ``sampler`` in this epoch, the first ``skip``
+    left out (``set_epoch``): one sampler for the whole run, as a DataLoader whose workers
+    persist across epochs needs, its keys read by ``mmi.data.EpochItems``. ``sampler``'s order is
+    a function of (seed, epoch), so the skipped part is the part already trained on."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler, self.epoch, self.skip = sampler, 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = int(epoch), int(skip)
+        self.sampler.set_epoch(self.epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for k, i in enumerate(self.sampler):
+            if k >= self.skip:
+                yield self.epoch, i
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
 
 
 class SkipSampler(Sampler[int]):

@@ -103,18 +103,29 @@ def default_results_path(checkpoint: str, name: str) -> str:
 def evaluate(model: torch.nn.Module, dataset: Any, device: torch.device, *, threshold: float = 0.5,
              batch_size: int = 8, workers: int = 0, amp: str = "off", records: bool = True,
              max_items: int | None = None, dist_info: DistInfo | None = None, progress: bool = False,
-             channels_last: bool = False) -> dict:
+             channels_last: bool = False, loaders: dict | None = None) -> dict:
     """Evaluate every expression of ``dataset`` (a non-training :class:`RefDataset`).
 
+    ``loaders``: a dict the caller keeps between calls (validation during training): the loader
+    is made at the first call and kept there, its worker processes alive for the next calls
+    (empty the dict to end them).
     Returns ``{"totals", "by_type", "count", "missing", "records", "seconds"}``; ``records``
     (with RLE masks when ``records`` is True) is complete on every process.
     """
     info = dist_info or DistInfo(device=device)
     n = len(dataset) if max_items is None else min(len(dataset), int(max_items))
-    data = dataset if n == len(dataset) else Subset(dataset, range(n))
-    sampler = ShardSampler(n, info.rank, info.world_size)
-    loader = DataLoader(data, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-                        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals if workers else None)
+    key = (id(dataset), n, batch_size, workers, info.rank, info.world_size)
+    loader = loaders.get(key) if loaders is not None else None
+    if loader is None:
+        data = dataset if n == len(dataset) else Subset(dataset, range(n))
+        loader = DataLoader(data, batch_size=batch_size, sampler=ShardSampler(n, info.rank, info.world_size),
+                            num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                            worker_init_fn=ignore_stop_signals if workers else None,
+                            persistent_workers=bool(workers) and loaders is not None,
+                            generator=torch.Generator())  # its own: a loader's start draws a seed, never from the global RNG
+        if loaders is not None:
+            loaders[key] = loader
+    sampler = loader.sampler
     was_training = model.training
     model.eval()
     start = time.time()
