@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import pytest
 import torch
@@ -337,6 +338,34 @@ def test_persistent_loader_workers_train_the_same_weights(root, tmp_path, monkey
     assert first["stopped_early"] and first["step"] == 1
     run("resumed", "data.workers=2", resume=str(tmp_path / "resumed" / "last.pt"))
     _assert_same_state(str(tmp_path / "none" / "last.pt"), str(tmp_path / "resumed" / "last.pt"))
+
+
+def test_train_lines_say_how_much_time_went_waiting_for_the_loader(root, tmp_path, monkeypatch):
+    """Each train line of the log reports, since the previous one, the images/s over the
+    wall-clock and the share of it spent waiting for the loader: near 1 with a loader that
+    takes 0.3 s an item, far lower with the plain one."""
+    from mmi.data import RefDataset
+
+    def lines(out):
+        return [r for r in map(json.loads, open(out / "log.jsonl")) if r["kind"] == "train"]
+
+    train(_cfg(root, str(tmp_path / "plain"), "train.epochs=1"), progress=False)
+    plain = lines(tmp_path / "plain")
+    slow_item = RefDataset.__getitem__
+
+    def slow(self, index):
+        time.sleep(0.3)
+        return slow_item(self, index)
+
+    monkeypatch.setattr(RefDataset, "__getitem__", slow)
+    train(_cfg(root, str(tmp_path / "slow"), "train.epochs=1"), progress=False)
+    slowed = lines(tmp_path / "slow")
+    assert len(plain) == len(slowed) == 3
+    for r in plain + slowed:
+        assert 0 <= r["data_wait"] <= 1 and 0 < r["window_images_per_s"]
+    assert min(r["data_wait"] for r in slowed) > 0.6
+    assert max(r["window_images_per_s"] for r in slowed) < 1 / 0.3
+    assert sum(r["data_wait"] for r in plain) < sum(r["data_wait"] for r in slowed) / 2
 
 
 def test_partly_frozen_backbone_trains_its_late_blocks_from_a_memo_file(root, tmp_path):

@@ -2,7 +2,9 @@
 
 Every line of ``log.jsonl`` is one JSON object with ``kind`` (``train`` | ``epoch`` | ``val``
 | ``event``), ``epoch``, ``step`` (optimiser steps so far) and ``time`` (unix seconds), plus:
-train: ``loss``, ``loss_mask``, ``loss_lfr``, ``lr``, ``images_per_s``; epoch: the epoch's mean
+train: ``loss``, ``loss_mask``, ``loss_lfr``, ``lr``, ``images_per_s`` (of the step logged),
+``window_images_per_s`` and ``data_wait`` (since the previous train line: images/s over its
+wall-clock, and the share of it spent waiting for the loader's next batch); epoch: the epoch's mean
 losses; val: ``oIoU``, ``mIoU``, ``Prec@X``, ``count``; event: ``message``.
 A resumed run appends to the same file; :func:`read_log` keeps the last line per (kind, step).
 """

@@ -48,6 +48,23 @@ from .precision import fp16_refusal, resolve_amp
 from .runlog import RunLogger, plot_curves
 
 
+@dataclass
+class _Window:
+    """The steps since the log's last train line: when it began, how many, and the seconds
+    spent waiting for the loader's next batch."""
+
+    start: float
+    steps: int = 0
+    waited: float = 0.0
+
+    def report(self, now: float, batch: int) -> dict[str, float]:
+        """``window_images_per_s`` (images over the window's wall-clock: the steps, the waits
+        for data, the log and any save) and ``data_wait`` (the share of that time spent waiting
+        for the loader: near 0 when the step bounds the run, near 1 when the loader does)."""
+        span = max(1e-9, now - self.start)
+        return {"window_images_per_s": round(self.steps * batch / span, 2), "data_wait": round(min(1.0, self.waited / span), 3)}
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the run stopped without overwriting the last good checkpoint."""
 
@@ -475,8 +492,15 @@ class Trainer:
                 bar = tqdm(total=self.iters_per_epoch, initial=skip, desc=f"epoch {epoch + 1}/{epochs}",
                            dynamic_ncols=True, leave=False)
             sums, count, tick = np.zeros(3), 0, time.time()
+            window = _Window(tick)  # what the log reports since its last train line
             self.ddp.train()
-            for batch in self._loader(epoch, skip) if skip < self.iters_per_epoch else []:
+            asked = time.time()  # from here to the batch's arrival: waiting for the loader (its start included)
+            batches = iter(self._loader(epoch, skip) if skip < self.iters_per_epoch else [])
+            while True:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                window.waited += time.time() - asked
                 parts = self._step(batch)
                 if not bool(torch.isfinite(parts).all()):
                     if bar is not None:
@@ -489,12 +513,15 @@ class Trainer:
                 count += 1
                 speed = bs / max(1e-9, time.time() - tick)
                 tick = time.time()
+                window.steps += 1
                 if bar is not None:
                     bar.set_postfix(loss=f"{vals[0]:.4f}", img_s=f"{speed:.1f}")
                     bar.update(1)
                 if self.state.step % max(1, int(t["log_every"])) == 0 or self.state.step_in_epoch == 1:
                     self.logger.log("train", epoch + 1, self.state.step, loss=vals[0], loss_mask=vals[1],
-                                    loss_lfr=vals[2], lr=self.lr_used, images_per_s=round(speed, 2))
+                                    loss_lfr=vals[2], lr=self.lr_used, images_per_s=round(speed, 2),
+                                    **window.report(tick, bs))
+                    window = _Window(tick)
                 if t["save_every_steps"] and self.state.step % int(t["save_every_steps"]) == 0:
                     self.save("last.pt")
                 if self._stop_requested(budget is not None and time.time() - start_time > 60 * float(budget)):
@@ -502,6 +529,7 @@ class Trainer:
                     break
                 if self.state.step_in_epoch >= self.iters_per_epoch:
                     break
+                asked = time.time()
             if bar is not None:
                 bar.close()
             if count:
