@@ -127,11 +127,18 @@ for v in $VARIANTS; do
   else
     FAILED=1; echo "error: no checkpoint exported for $name"
   fi
-  echo "== $name"; grep '"val"' "$run/log.jsonl" 2>/dev/null | $PY -c "
-import json, sys
-for line in sys.stdin:
-    r = json.loads(line)
-    print(f\"epoch {r['epoch']:3d} step {r['step']:6d} t={r['time']:.0f} oIoU {100 * r['oIoU']:.2f} mIoU {100 * r['mIoU']:.2f}\")"
+  echo "== $name"; $PY - "$run/log.jsonl" <<'EOF' 2>/dev/null
+import json, statistics, sys
+rows = [json.loads(line) for line in open(sys.argv[1])]
+t0 = rows[0]["time"] if rows else 0
+for r in rows:
+    if r["kind"] == "val":  # with the epoch's median rate and loader wait over its train lines
+        lines = [x for x in rows if x["kind"] == "train" and x["epoch"] == r["epoch"] and "data_wait" in x]
+        rate = statistics.median(x["window_images_per_s"] for x in lines) if lines else float("nan")
+        wait = statistics.median(x["data_wait"] for x in lines) if lines else float("nan")
+        print(f"epoch {r['epoch']:3d} step {r['step']:6d} t={r['time'] - t0:5.0f}s oIoU {100 * r['oIoU']:.2f} "
+              f"mIoU {100 * r['mIoU']:.2f}  images/s {rate:.0f}  data_wait {wait:.2f}")
+EOF
   tail -3 "$WORK/logs/train_$name.log"
 done
 step "done"
