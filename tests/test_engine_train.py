@@ -185,6 +185,45 @@ def test_evaluate_records_match_totals(root, tmp_path):
     assert res["totals"]["oIoU"] == pytest.approx(total_i / total_u if total_u else 0.0)
 
 
+def test_evaluate_with_one_region_kept_scores_the_peak_region(root, monkeypatch):
+    """evaluate(regions="peak"): each record's mask is the region of the all-regions mask that
+    holds the highest probability; the totals are recomputed from those masks."""
+    from pycocotools import mask as mask_utils
+
+    import mmi.engine.evaluate as evaluate_module
+    from mmi.data import build_dataset
+    from mmi.model import build_model
+    from mmi.predictor import count_regions
+    from mmi.text import Vocabulary
+
+    def two_blobs(model, batch, device, amp="off", channels_last=False):
+        size = batch["image"].shape[-1]
+        prob = torch.zeros(len(batch["meta"]), size, size)
+        prob[:, 8:40, 8:40] = 0.7  # a large region
+        prob[:, 48:56, 48:56] = 0.9  # a small one holding the peak
+        return prob
+
+    monkeypatch.setattr(evaluate_module, "probabilities", two_blobs)
+    model = build_model("tiny", 30).eval()
+    ds = build_dataset("refcoco", root, "testB", 64, Vocabulary(["square", "small"]), 8, train=False)
+    every = evaluate(model, ds, torch.device("cpu"), batch_size=2)
+    peak = evaluate(model, ds, torch.device("cpu"), batch_size=2, regions="peak")
+
+    def decode(r):
+        return mask_utils.decode({"size": r["rle"]["size"], "counts": r["rle"]["counts"].encode()}).astype(bool)
+
+    for a, b in zip(every["records"], peak["records"]):
+        ma, mb = decode(a), decode(b)
+        assert count_regions(ma) == 2 and count_regions(mb) == 1
+        assert (mb <= ma).all() and 0 < mb.sum() < ma.sum() / 4
+        gt = ds.original_mask(b["index"]) > 0
+        assert b["intersection"] == int((mb & gt).sum()) and b["union"] == int((mb | gt).sum())
+    total_i, total_u = (sum(r[k] for r in peak["records"]) for k in ("intersection", "union"))
+    assert peak["totals"]["oIoU"] == pytest.approx(total_i / total_u)
+    with pytest.raises(ValueError, match="regions must be one of"):
+        evaluate(model, ds, torch.device("cpu"), batch_size=2, regions="largest")
+
+
 def test_lr_factor_cosine_after_warmup():
     o = {"warmup_iters": 4, "warmup_epochs": 0, "warmup_factor": 0.0, "schedule": "cosine", "milestones": [],
          "gamma": 0.1, "final_factor": 0.1}

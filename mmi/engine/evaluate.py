@@ -1,15 +1,16 @@
 """Evaluation at the original image resolution: oIoU, mIoU, Prec@X and per-expression records.
 
 Per expression: logits (1, S/4, S/4) -> bilinear upsampling to S x S -> sigmoid ->
-``Letterbox.inverse`` (crop the padding, resize to H x W) -> ``> threshold`` -> compared with the
-ground truth at H x W (``dataset.original_mask``). Metric definitions: :mod:`mmi.metrics`.
+``Letterbox.inverse`` (crop the padding, resize to H x W) -> ``> threshold`` -> (with
+``regions="peak"``, only the region holding the highest probability: :mod:`mmi.regions`) ->
+compared with the ground truth at H x W (``dataset.original_mask``). Metric definitions: :mod:`mmi.metrics`.
 
 Distributed: each process takes an unpadded shard of the indices (:class:`ShardSampler`);
 the records are gathered and de-duplicated by dataset index, so every expression counts once.
 
 Results JSON (``write_results``)::
 
-    {"checkpoint", "dataset", "split", "split_by", "threshold", "image_size", "count",
+    {"checkpoint", "dataset", "split", "split_by", "threshold", "regions", "image_size", "count",
      "backbone_weights": what the backbone started from ("random" or {file, sha256, ...}),
      "missing": expressions not evaluated (unreadable images), "totals": {count, oIoU, mIoU, Prec@X},
      "by_type": {type: totals} (when the dataset gives expression types), "definitions": {...},
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import Letterbox, collate
 from ..metrics import DEFINITIONS, IoUAccumulator, format_table
+from ..regions import MODES, keep_regions
 from .config import ConfigError
 from .distributed import DistInfo, ShardSampler, all_gather_objects
 from .precision import fp16_refusal, resolve_amp
@@ -103,9 +105,10 @@ def default_results_path(checkpoint: str, name: str) -> str:
 def evaluate(model: torch.nn.Module, dataset: Any, device: torch.device, *, threshold: float = 0.5,
              batch_size: int = 8, workers: int = 0, amp: str = "off", records: bool = True,
              max_items: int | None = None, dist_info: DistInfo | None = None, progress: bool = False,
-             channels_last: bool = False, loaders: dict | None = None) -> dict:
+             channels_last: bool = False, loaders: dict | None = None, regions: str = "all") -> dict:
     """Evaluate every expression of ``dataset`` (a non-training :class:`RefDataset`).
 
+    ``regions``: ``all`` (the thresholded mask as it is) or ``peak`` (:func:`mmi.regions.keep_regions`).
     ``loaders``: a dict the caller keeps between calls (validation during training): the loader
     is made at the first call and kept there, its worker processes alive for the next calls
     (empty the dict to end them).
@@ -140,7 +143,8 @@ def evaluate(model: torch.nn.Module, dataset: Any, device: torch.device, *, thre
             probs = probabilities(model, batch, device, amp, channels_last)
             for p, meta in zip(probs, batch["meta"]):
                 lb = Letterbox.from_dict(meta["letterbox"])
-                pred = lb.inverse(p.numpy()) > threshold
+                prob = lb.inverse(p.numpy())
+                pred = keep_regions(prob > threshold, prob, regions)
                 gt = dataset.original_mask(meta["index"]) != 0
                 if gt.shape != pred.shape:
                     raise RuntimeError(f"ground truth {gt.shape} and prediction {pred.shape} differ for item {meta['index']}")
@@ -191,7 +195,7 @@ def write_results(path: str, result: dict, header: dict) -> None:
 def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, split_by: str | None = None,
                   image_dir: str | None = None, threshold: float = 0.5, out: str | None = None, batch_size: int = 8,
                   workers: int = 2, device: str = "auto", amp: str = "off", max_items: int | None = None,
-                  language: str = "normal", progress: bool = True) -> dict:
+                  language: str = "normal", progress: bool = True, regions: str = "all") -> dict:
     """``train.py --eval-only``: load a checkpoint (training or inference), evaluate one split,
     print the table, write the results JSON (default: :func:`default_results_path` of
     ``eval_<dataset>_<split>.json``, ``..._<language>.json`` for a language probe:
@@ -202,6 +206,8 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
 
     if not 0 < threshold < 1:
         raise ConfigError(f"--threshold must lie in (0, 1), got {threshold}")
+    if regions not in MODES:
+        raise ConfigError(f"--regions must be one of {', '.join(MODES)}, got {regions!r}")
     info = init_distributed(device)
     if refusal := fp16_refusal(amp, info.device, "eval"):
         cleanup()
@@ -213,12 +219,13 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
                            image_dir=image_dir, split_by=split_by, normalization=normalization(model.config))
         ds.set_language(language)
         result = evaluate(model, ds, info.device, threshold=threshold, batch_size=batch_size, workers=workers,
-                          amp=amp, records=True, max_items=max_items, dist_info=info, progress=progress)
+                          amp=amp, records=True, max_items=max_items, dist_info=info, progress=progress, regions=regions)
         if info.is_main:
             probe = "" if language == "normal" else f"_{language}"
             out = out or default_results_path(checkpoint, f"eval_{dataset}_{split}{probe}.json")
             header = {"checkpoint": os.path.abspath(checkpoint), "dataset": dataset, "split": split,
-                      "split_by": ds.refer.split_by, "threshold": threshold, "image_size": model.image_size,
+                      "split_by": ds.refer.split_by, "threshold": threshold, "regions": regions,
+                      "image_size": model.image_size,
                       "t_max": model.t_max, "checkpoint_meta": meta,
                       "backbone_weights": meta.get("backbone_weights", "not recorded"),
                       "input_norm": model.config.get("input_norm", "imagenet"),
@@ -227,7 +234,8 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
             print(results_table(f"{dataset}/{split}" + (f" ({language} expressions)" if probe else ""), result))
             if result["missing"]:
                 print(f"note: {result['missing']} expression(s) not evaluated (unreadable images)")
-            print(f"threshold {threshold}; metrics at the original resolution; results: {out}")
+            kept = "" if regions == "all" else "; one region per expression (the highest probability's)"
+            print(f"threshold {threshold}{kept}; metrics at the original resolution; results: {out}")
             result["out"] = out
         return result
     finally:

@@ -1,0 +1,45 @@
+"""mmi.regions: every region of a mask, or the one holding the highest probability."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmi.regions import keep_regions
+
+
+def _two_blobs():
+    prob = np.zeros((20, 30), np.float32)
+    prob[2:12, 2:12] = 0.7    # the larger region, lower probabilities
+    prob[14:18, 20:24] = 0.6
+    prob[15, 21] = 0.95        # the peak lies in the smaller one
+    return prob > 0.5, prob
+
+
+def test_peak_keeps_the_region_of_the_highest_probability_only():
+    mask, prob = _two_blobs()
+    kept = keep_regions(mask, prob, "peak")
+    assert kept.sum() == 16 and kept[15, 21] and not kept[2:12, 2:12].any()
+    assert (kept <= mask).all()
+    prob[5, 5] = 0.99  # now the larger one holds it
+    kept = keep_regions(mask, prob, "peak")
+    assert kept.sum() == 100 and kept[5, 5] and not kept[14:18, 20:24].any()
+
+
+def test_all_one_region_and_empty_masks_are_returned_as_they_are():
+    mask, prob = _two_blobs()
+    assert keep_regions(mask, prob, "all") is mask
+    one = np.zeros_like(mask)
+    one[3:6, 3:6] = True
+    assert keep_regions(one, prob, "peak") is one
+    empty = np.zeros_like(mask)
+    assert not keep_regions(empty, prob, "peak").any()
+    diagonal = np.eye(5, dtype=bool)  # 8-connected: one region
+    assert keep_regions(diagonal, np.random.default_rng(0).random((5, 5)), "peak").sum() == 5
+
+
+def test_bad_mode_and_shapes_are_refused():
+    mask, prob = _two_blobs()
+    with pytest.raises(ValueError, match="regions must be one of all, peak"):
+        keep_regions(mask, prob, "largest")
+    with pytest.raises(ValueError, match="differ"):
+        keep_regions(mask, prob[:10], "peak")
