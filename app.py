@@ -1,7 +1,7 @@
 """The MMI demo: type expressions, see masks and the evidence for them.
 
     python app.py --checkpoint weights/mmi_demo.pt [--host 127.0.0.1] [--port 7860] [--device cpu|cuda]
-                  [--results RUN/eval/synref_val.json] [--data-root data]
+                  [--results RUN/eval/synref_val.json] [--data-root data] [--regions peak|all]
                   [--password-file FILE] [--max-upload-mb 50] [--max-queue 64] [--model-concurrency 2]
 
 Serving to a team (a password from MMI_APP_PASSWORD or a file, the limits): ``webapp.serving``.
@@ -41,6 +41,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", default=None, help="data root holding the images of --results (synthetic results "
                    "need none: their images are regenerated from the seed)")
     p.add_argument("--cache-size", type=int, default=8, help="images whose features are kept")
+    p.add_argument("--regions", choices=("peak", "all"), default="peak",
+                   help="peak (default): each mask keeps only its region holding the highest probability, as an "
+                        "expression names one object (an inference aid: mmi/regions.py); all: every region above "
+                        "the threshold, the method's own masks")
     serving.add_arguments(p)
     return p.parse_args(argv)
 
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.cache_size,
-                                              cache_bytes=int(args.cache_mb * 2**20))
+                                              cache_bytes=int(args.cache_mb * 2**20), regions=args.regions)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -13,16 +13,17 @@ Per expression it returns a :class:`Prediction`:
 
 - ``mask``: (H, W) bool at the original size: the probability map (logits (S/4, S/4) ->
   bilinear to S x S -> sigmoid -> :meth:`Letterbox.inverse`) ``> threshold``, exactly as
-  evaluation does.
+  evaluation does; with ``regions="peak"`` (the predictor's, or the call's) only its region
+  holding the highest probability (:mod:`mmi.regions`, as ``--eval-only --regions peak``).
 - ``prob``: (H, W) float32 probabilities at the original size. Kept when H x W is at most
   ``FULL_RES_PIXELS`` (16.7 MP), recomputed on access for larger images (an 8000 x 8000
   float map is 256 MB).
 - ``confidence``: the mean foreground probability over the pixels of the predicted mask,
   measured on the model's canvas (S x S, padding excluded); 0.0 for an empty mask. It is
   size independent and cheap; 1.0 means every masked pixel was predicted with certainty.
-- ``area``: pixels in ``mask``; ``regions``: connected components of ``mask`` (8-connected;
-  on the original mask up to ``FULL_RES_PIXELS``, on the canvas crop above), a hint of
-  ambiguity when more than 1.
+- ``area``: pixels in ``mask``; ``regions``: connected components of the thresholded map
+  before any is dropped (8-connected; on the original size up to ``FULL_RES_PIXELS``, on the
+  canvas crop above), a hint of ambiguity when more than 1; ``region_mode``: ``all`` or ``peak``.
 - ``tokens``, ``unknown``, ``dropped``: the words as the model saw them (from
   :meth:`Vocabulary.encode`): unknown words mapped to ``<unk>``, words cut off at T.
 - ``attention``: per decoder layer ``{"lav": (heads, T, H, W), "val": (heads, T, H, W)}``,
@@ -52,6 +53,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data.transforms import Letterbox, letterbox, normalization, to_tensor
+from .regions import MODES as REGION_MODES, keep_regions
 from .text import Vocabulary
 
 FULL_RES_PIXELS = 4096 * 4096
@@ -248,6 +250,7 @@ class Prediction:
     area: int
     regions: int
     attention: list[dict[str, torch.Tensor]] = field(default_factory=list, repr=False)
+    region_mode: str = "all"
     _prob: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -299,6 +302,7 @@ class Prediction:
             "dropped": list(self.dropped), "truncated": self.truncated, "token_text": self.token_text(),
             "confidence": round(float(self.confidence), decimals), "area": int(self.area),
             "area_fraction": round(self.area / max(1, self.mask.size), 6), "regions": int(self.regions),
+            "region_mode": self.region_mode,
             "threshold": float(self.threshold), "size": [int(v) for v in self.size],
             "mask_rle": rle_encode(self.mask), "letterbox": self.letterbox.to_dict(),
         }
@@ -323,11 +327,16 @@ class Predictor:
         meta: the checkpoint's meta dict (shown by the app).
         channels_last: run the convolutions in channels-last memory format (same results;
             about 2x faster for the mask head on a CPU, which runs once per expression).
+        regions: ``all`` (the method's masks) or ``peak`` (each mask's region holding the
+            highest probability only: :mod:`mmi.regions`); a call's ``regions`` overrides it.
     """
 
     def __init__(self, model: torch.nn.Module, vocab: Vocabulary, device: str | torch.device = "cpu",
                  cache_size: int = 8, meta: dict | None = None, channels_last: bool = True,
-                 cache_bytes: int | None = DEFAULT_CACHE_BYTES):
+                 cache_bytes: int | None = DEFAULT_CACHE_BYTES, regions: str = "all"):
+        if regions not in REGION_MODES:
+            raise ValueError(f"regions must be one of {', '.join(REGION_MODES)}, got {regions!r}")
+        self.regions = regions
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
@@ -344,14 +353,14 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", cache_size: int = 8,
-                        cache_bytes: int | None = DEFAULT_CACHE_BYTES) -> "Predictor":
+                        cache_bytes: int | None = DEFAULT_CACHE_BYTES, regions: str = "all") -> "Predictor":
         """Load an inference (or training) checkpoint with ``weights_only=True``."""
         from .engine.checkpoint import load_inference
 
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but no CUDA device is available")
         model, vocab, meta = load_inference(path, map_location="cpu")
-        return cls(model, vocab, device, cache_size, meta, cache_bytes=cache_bytes)
+        return cls(model, vocab, device, cache_size, meta, cache_bytes=cache_bytes, regions=regions)
 
     @property
     def num_layers(self) -> int:
@@ -418,7 +427,7 @@ class Predictor:
             return feats, lb
 
     def predict(self, image: Any, expressions: str | Sequence[str], threshold: float = 0.5,
-                attention: bool = True) -> list[Prediction]:
+                attention: bool = True, regions: str | None = None) -> list[Prediction]:
         """Segment every expression on ``image`` (PIL, numpy or a file path).
 
         ``expressions``: a list, or one str with one expression per line. Returns one
@@ -426,6 +435,9 @@ class Predictor:
         """
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+        regions = self.regions if regions is None else regions
+        if regions not in REGION_MODES:
+            raise ValueError(f"regions must be one of {', '.join(REGION_MODES)}, got {regions!r}")
         exprs = self.check_expressions(expressions)
         rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)
         words, word_mask, encoded = self.vocab.encode_batch(exprs, self.t_max)
@@ -439,21 +451,26 @@ class Predictor:
                 probs = torch.sigmoid(logits)[:, 0].cpu().numpy()
                 maps = [{k: v.float().cpu() for k, v in m.items()} for m in out.get("attention", [])]
         return [self._result(exprs[i], probs[i], lb, float(threshold), encoded[i],
-                             [{k: v[i, :, : len(encoded[i].tokens)].clone() for k, v in m.items()} for m in maps])
+                             [{k: v[i, :, : len(encoded[i].tokens)].clone() for k, v in m.items()} for m in maps],
+                             regions)
                 for i in range(len(exprs))]
 
-    def _result(self, expr: str, canvas_prob: np.ndarray, lb: Letterbox, threshold: float, enc, attention) -> Prediction:
+    def _result(self, expr: str, canvas_prob: np.ndarray, lb: Letterbox, threshold: float, enc, attention,
+                regions: str = "all") -> Prediction:
         crop = canvas_prob[lb.pad_y : lb.pad_y + lb.new_h, lb.pad_x : lb.pad_x + lb.new_w]
         fg = crop > threshold
-        confidence = float(crop[fg].mean()) if fg.any() else 0.0
         prob = canvas_to_image(canvas_prob[None], lb)[0]
         mask = prob > threshold
         full = mask.size <= FULL_RES_PIXELS
-        regions = count_regions(mask if full else fg)
+        found = count_regions(mask if full else fg)
+        if regions != "all":
+            mask = keep_regions(mask, prob, regions)
+            fg = keep_regions(fg, crop, regions)
+        confidence = float(crop[fg].mean()) if fg.any() else 0.0
         return Prediction(expression=expr, mask=mask, canvas_prob=canvas_prob, letterbox=lb, threshold=threshold,
                           tokens=list(enc.tokens), unknown=list(enc.unknown), dropped=list(enc.dropped),
-                          confidence=confidence, area=int(np.count_nonzero(mask)), regions=regions,
-                          attention=attention, _prob=prob if full else None)
+                          confidence=confidence, area=int(np.count_nonzero(mask)), regions=found,
+                          attention=attention, region_mode=regions, _prob=prob if full else None)
 
     # ------------------------------------------------------------------ additive: the app's re-rendering
 
@@ -464,7 +481,8 @@ class Predictor:
         if float(threshold) == pred.threshold:
             return pred
         enc = _Enc(pred.tokens, pred.unknown, pred.dropped)
-        return self._result(pred.expression, pred.canvas_prob, pred.letterbox, float(threshold), enc, pred.attention)
+        return self._result(pred.expression, pred.canvas_prob, pred.letterbox, float(threshold), enc, pred.attention,
+                            pred.region_mode)
 
     def word_ablation(self, image: Any, expressions: str | Sequence[str], max_batch: int = 64) -> list[dict]:
         """Which words mattered: per expression, the probability map of the expression and

@@ -423,6 +423,26 @@ def test_the_page_says_what_the_model_knows(tiny_checkpoint, tmp_path):
     assert rows == [[str(folder / "a.png"), "the red cube\na blue ball"]] and labels == ["1: the red cube / a blue ball"]
 
 
+def test_the_page_and_the_legend_say_which_regions_a_mask_keeps(tiny_checkpoint):
+    """app.py --regions peak (the default) or all: the page says which; a mask whose map had
+    several regions is flagged as ambiguous (all) or as the most probable one kept (peak)."""
+    from mmi.predictor import Prediction
+    from webapp.common import ModelInfo
+    from webapp.segment import flags_of
+
+    assert app.parse_args([]).regions == "peak" and app.parse_args(["--regions", "all"]).regions == "all"
+    peak = ModelInfo(Predictor.from_checkpoint(tiny_checkpoint, regions="peak")).summary()
+    every = ModelInfo(Predictor.from_checkpoint(tiny_checkpoint)).summary()
+    assert "keeps only its most probable region" in peak and "`--regions all`" in peak
+    assert "every region above the threshold (`--regions peak`" in every
+    pred = Prediction(expression="x", mask=np.ones((4, 4), bool), canvas_prob=np.ones((4, 4), np.float32),
+                      letterbox=None, threshold=0.5, tokens=["x"], unknown=[False], dropped=[], confidence=0.9,
+                      area=16, regions=3)
+    assert ("multi", "3 regions: ambiguous?") in flags_of(pred)
+    pred.region_mode = "peak"
+    assert ("multi", "3 regions found, the most probable kept") in flags_of(pred)
+
+
 def test_main_reports_a_bad_checkpoint(tmp_path, capsys):
     assert app.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err

@@ -227,3 +227,38 @@ def test_predictor_feeds_the_models_own_input_scaling(tmp_path):
         pred.model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0][0].permute(1, 2, 0).numpy()))
         pred.predict(rgb, ["red cube"], attention=False)
         assert np.allclose(seen[0], expect[norm], atol=1e-5), norm
+
+
+def test_one_region_kept_on_request_and_by_default(tiny_checkpoint):
+    """regions="peak" (the predictor's default or a call's): each mask is the region of the
+    thresholded map holding its highest probability, ``regions`` still counts what was found,
+    confidence is that region's; rethreshold keeps the mode; "all" leaves the mask alone."""
+    from mmi.data.transforms import letterbox
+    from mmi.predictor import _Enc
+
+    peak = Predictor.from_checkpoint(tiny_checkpoint, regions="peak")
+    S = peak.image_size
+    _, lb = letterbox(np.zeros((48, 72, 3), np.uint8), S)
+    canvas = np.zeros((S, S), np.float32)
+    y0, x0 = lb.pad_y, lb.pad_x
+    canvas[y0 + 4 : y0 + 20, x0 + 4 : x0 + 20] = 0.7   # a large region
+    canvas[y0 + 24 : y0 + 28, x0 + 40 : x0 + 44] = 0.9  # a small one holding the peak
+    enc = _Enc(["x"], [False], [])
+    every = peak._result("x", canvas, lb, 0.5, enc, [], "all")
+    kept = peak._result("x", canvas, lb, 0.5, enc, [], "peak")
+    assert every.regions == kept.regions == 2 and count_regions(kept.mask) == 1
+    assert (kept.mask <= every.mask).all() and 0 < kept.area < every.area / 4
+    assert kept.confidence == pytest.approx(0.9, abs=1e-6) and every.confidence < 0.8
+    assert kept.region_mode == "peak" and kept.to_json(attention=False)["region_mode"] == "peak"
+    again = peak.rethreshold(kept, 0.6)  # only the small one is above 0.6 anyway
+    assert again.region_mode == "peak" and again.area == kept.area
+    low = peak.rethreshold(kept, 0.3)  # the small region a little wider, the large one still dropped
+    assert count_regions(low.mask) == 1 and kept.area <= low.area < every.area / 2
+    img = scene()
+    by_default = peak.predict(img, ["a red thing"], attention=False)[0]
+    asked = Predictor.from_checkpoint(tiny_checkpoint).predict(img, ["a red thing"], attention=False, regions="peak")[0]
+    assert by_default.region_mode == asked.region_mode == "peak" and np.array_equal(by_default.mask, asked.mask)
+    with pytest.raises(ValueError, match="regions must be one of"):
+        peak.predict(img, ["a red thing"], regions="largest")
+    with pytest.raises(ValueError, match="regions must be one of"):
+        Predictor.from_checkpoint(tiny_checkpoint, regions="largest")

@@ -296,6 +296,11 @@ class ModelInfo:
         else:
             line += "\n\nTo load another model: `python app.py --checkpoint PATH/TO/model.pt`."
         line += " Words the model does not know are marked <mark class='unk'>like this</mark> as you type."
+        if self.predictor.regions == "peak":
+            line += (" Each mask keeps only its most probable region, as an expression names one object "
+                     "(`--regions all` shows every region above the threshold).")
+        else:
+            line += " Masks show every region above the threshold (`--regions peak` keeps the most probable one)."
         return line
 
     def vocabulary_markdown(self) -> str:

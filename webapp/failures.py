@@ -202,7 +202,7 @@ def failure_view(ctx: Context, records: list[dict], header: dict, choice: Any, d
     rgb, gt = failure_inputs(rec, header or {}, str(data_root or ctx.data_root or "").strip())
     pred = decode_segmentation(rec["rle"], *rgb.shape[:2]).astype(bool) if rec.get("rle") else None
     thr = float((header or {}).get("threshold", 0.5))
-    now = ctx.predictor.predict(rgb, [rec["expression"]], thr)
+    now = ctx.predictor.predict(rgb, [rec["expression"]], thr, regions=(header or {}).get("regions", "all"))
     hw = view_size(*rgb.shape[:2])
     base = viz.resize_image(rgb, hw)
     pred_mask = pred if pred is not None else now[0].mask

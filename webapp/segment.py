@@ -83,7 +83,8 @@ def flags_of(p: Prediction) -> list[tuple[str, str]]:
     if p.area == 0:
         out.append(("empty", f"empty: nothing above {p.threshold:.2f}"))
     elif p.regions > 1:
-        out.append(("multi", f"{p.regions} regions: ambiguous?"))
+        out.append(("multi", f"{p.regions} regions: ambiguous?" if p.region_mode == "all"
+                    else f"{p.regions} regions found, the most probable kept"))
     unk = [t for t, u in zip(p.tokens, p.unknown) if u]
     if unk:
         out.append(("unknown", "unknown: " + ", ".join(unk[:4])))
