@@ -17,22 +17,28 @@ def row(name: str, totals: dict) -> str:
     return f"| {name} | {totals['count']} | " + " | ".join(f"{100 * totals[k]:.2f}" for k in KEYS) + " |"
 
 
+def label(r: dict) -> str:
+    """dataset/split, with the language probe and a kept single region (``--regions peak``) said."""
+    probe = r.get("language", "normal")
+    return (f"{r['dataset']}/{r['split']}" + ("" if probe == "normal" else f" ({probe} expression)")
+            + (", one region kept" if r.get("regions", "all") != "all" else ""))
+
+
 def main(paths: list[str]) -> None:
     results = [json.load(open(p)) for p in paths]
     head = "| | expressions | " + " | ".join(KEYS) + " |\n|---|---|" + "---|" * len(KEYS)
     print(f"threshold {results[0]['threshold']}, original resolution\n")
     print(head)
     for r in results:
-        probe = r.get("language", "normal")
-        print(row(f"{r['dataset']}/{r['split']}" + ("" if probe == "normal" else f" ({probe} expression)"), r["totals"]))
+        print(row(label(r), r["totals"]))
     for r in results:
         if r.get("by_type") and r.get("language", "normal") == "normal":
-            print(f"\nBy expression type, {r['dataset']}/{r['split']}:\n\n{head}")
+            print(f"\nBy expression type, {label(r)}:\n\n{head}")
             for t, totals in sorted(r["by_type"].items()):
                 print(row(t, totals))
     for r in results:
         if r.get("records") and r.get("language", "normal") == "normal":
-            print(f"\nIoU bands, {r['dataset']}/{r['split']} (share of expressions):\n")
+            print(f"\nIoU bands, {label(r)} (share of expressions):\n")
             print("| | expressions | " + " | ".join(BANDS) + " |\n|---|---|" + "---|" * len(BANDS))
             for name, share in iou_bands(r["records"]).items():
                 print(f"| {name} | {share['count']} | " + " | ".join(f"{100 * share[b]:.1f}%" for b in BANDS) + " |")
