@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data.transforms import Letterbox, letterbox, normalization, to_tensor
-from .regions import MODES as REGION_MODES, keep_regions
+from .regions import MODES as REGION_MODES, keep_regions, split_regions
 from .text import Vocabulary
 
 FULL_RES_PIXELS = 4096 * 4096
@@ -462,9 +462,12 @@ class Predictor:
         prob = canvas_to_image(canvas_prob[None], lb)[0]
         mask = prob > threshold
         full = mask.size <= FULL_RES_PIXELS
-        found = count_regions(mask if full else fg)
-        if regions != "all":
+        if full:
+            mask, found = split_regions(mask, prob, regions)
+        else:
+            found = count_regions(fg)
             mask = keep_regions(mask, prob, regions)
+        if regions != "all":
             fg = keep_regions(fg, crop, regions)
         confidence = float(crop[fg].mean()) if fg.any() else 0.0
         return Prediction(expression=expr, mask=mask, canvas_prob=canvas_prob, letterbox=lb, threshold=threshold,

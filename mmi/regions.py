@@ -23,12 +23,20 @@ def keep_regions(mask: np.ndarray, prob: np.ndarray, mode: str = "all") -> np.nd
     row-major order). An empty mask stays empty."""
     if mode not in MODES:
         raise ValueError(f"regions must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode == "all" or not mask.any():
-        return mask
+    return mask if mode == "all" else split_regions(mask, prob, mode)[0]
+
+
+def split_regions(mask: np.ndarray, prob: np.ndarray, mode: str = "all") -> tuple[np.ndarray, int]:
+    """(:func:`keep_regions`'s mask, the number of 8-connected regions of ``mask`` before any
+    was dropped), from one labelling."""
+    if mode not in MODES:
+        raise ValueError(f"regions must be one of {', '.join(MODES)}, got {mode!r}")
+    if not mask.any():
+        return mask, 0
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if mode == "all" or n <= 2:  # background and at most one region
+        return mask, int(n) - 1
     if mask.shape != prob.shape:
         raise ValueError(f"mask {mask.shape} and probabilities {prob.shape} differ")
-    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    if n <= 2:  # background and one region
-        return mask
     peak = int(np.argmax(np.where(mask, prob, -np.inf)))
-    return labels == labels.flat[peak]
+    return labels == labels.flat[peak], int(n) - 1
