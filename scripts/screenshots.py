@@ -1,6 +1,6 @@
 """Screenshots of each tab of the demo for the README (headless Debian Chromium via Playwright):
 
-    python scripts/screenshots.py [--checkpoint weights/mmi_demo.pt] [--out assets/screenshots]
+    python scripts/screenshots.py [--checkpoint weights/mmi_demo.pt] [--out assets/screenshots] [--regions peak|all]
 
 Serves the app in-process on a free loopback port, runs the first example on the Segment
 tab, checks a few expressions in the Scene lab, opens the shipped results in the Failure
@@ -29,11 +29,19 @@ def save(page_or_locator, path: str, **kw) -> None:
     print(path, os.path.getsize(path) // 1024, "KB")
 
 
+def app_default_regions() -> str:
+    """app.py's default for --regions, so that the screenshots show what the app shows."""
+    import app
+
+    return app.parse_args([]).regions
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=os.path.join(HERE, "weights", "mmi_demo.pt"))
     p.add_argument("--out", default=os.path.join(HERE, "assets", "screenshots"))
     p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--regions", choices=("peak", "all"), default=app_default_regions(), help="as app.py's --regions")
     args = p.parse_args(argv)
     from playwright.sync_api import expect, sync_playwright
 
@@ -41,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmi.predictor import Predictor
 
     os.makedirs(args.out, exist_ok=True)
-    demo = app.build_app(Predictor.from_checkpoint(args.checkpoint), checkpoint=args.checkpoint)
+    demo = app.build_app(Predictor.from_checkpoint(args.checkpoint, regions=args.regions), checkpoint=args.checkpoint)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -603,9 +603,34 @@ def test_eval_splits_measures_every_split_and_probe_then_summarises(tmp_path):
     assert res.returncode == 0, res.stderr
     ev = "train.py --eval-only --checkpoint w.pt --dataset synref --split"
     assert calls.read_text().splitlines() == (
-        [f"{ev} {s} --data-root d --out {out}/synref_{s}.json" for s in ("val", "testA", "testB", "compositional")]
-        + [f"{ev} val --data-root d --language {p} --out {out}/synref_val_{p}.json" for p in ("empty", "mismatched")]
+        [f"{ev} {s} --data-root d --regions all --out {out}/synref_{s}.json" for s in ("val", "testA", "testB", "compositional")]
+        + [f"{ev} val --data-root d --language {p} --regions all --out {out}/synref_val_{p}.json"
+           for p in ("empty", "mismatched")]
         + [f"scripts/summarize_eval.py {out}/synref_*.json"])  # the fake wrote no results for the glob to match
+    assert (out / "summary.md").read_text() == "table\n"
+
+
+def test_compare_regions_runs_every_split_in_both_modes_alike_then_summarises(tmp_path):
+    """scripts/compare_regions.sh: each split with every region and with one kept, the same
+    amp and batch for both; a split and mode already written is not run again."""
+    import subprocess
+
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake_python"
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\necho table\n')
+    fake.chmod(0o755)
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "synref_testB_peak.json").write_text("{}")  # done by an earlier, stopped run
+    res = subprocess.run(["bash", str(ROOT / "scripts" / "compare_regions.sh"), "w.pt", str(out), "d"],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PY": str(fake)}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    ev = "train.py --eval-only --checkpoint w.pt --dataset synref --split"
+    runs = [(s, r) for s in ("val", "testA", "testB", "compositional") for r in ("all", "peak") if (s, r) != ("testB", "peak")]
+    lines = calls.read_text().splitlines()
+    assert lines[:-1] == [f"{ev} {s} --data-root d --amp bf16 --batch-size 32 --regions {r} --no-progress "
+                          f"--out {out}/synref_{s}_{r}.json" for s, r in runs]
+    assert lines[-1].startswith("scripts/summarize_eval.py ") and f"{out}/synref_compositional_peak.json" in lines[-1]
     assert (out / "summary.md").read_text() == "table\n"
 
 
@@ -619,6 +644,9 @@ def test_summarize_eval_iou_bands_split_each_type():
     assert bands["all"]["count"] == 6 and [bands["all"][b] for b in mod.BANDS] == [1 / 6, 1 / 6, 2 / 6, 2 / 6]
     assert [bands["ordinal"][b] for b in mod.BANDS] == [0.5, 0.5, 0.0, 0.0]
     assert [bands["position"][b] for b in mod.BANDS] == [0.0, 0.0, 2 / 3, 1 / 3]
+    assert mod.label({"dataset": "synref", "split": "val"}) == "synref/val"
+    assert mod.label({"dataset": "synref", "split": "val", "language": "empty", "regions": "peak"}) == \
+        "synref/val (empty expression), one region kept"
 
 
 def test_stage2_data_comparison_runs_differ_only_in_their_training_images(tmp_path):
