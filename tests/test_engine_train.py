@@ -382,7 +382,7 @@ def test_persistent_loader_workers_train_the_same_weights(root, tmp_path, monkey
 def test_train_lines_say_how_much_time_went_waiting_for_the_loader(root, tmp_path, monkeypatch):
     """Each train line of the log reports, since the previous one, the images/s over the
     wall-clock and the share of it spent waiting for the loader: near 1 with a loader that
-    takes 0.3 s an item, far lower with the plain one."""
+    takes 1 s an item (a tiny step takes far less, even on a busy machine), far lower with the plain one."""
     from mmi.data import RefDataset
 
     def lines(out):
@@ -393,7 +393,7 @@ def test_train_lines_say_how_much_time_went_waiting_for_the_loader(root, tmp_pat
     slow_item = RefDataset.__getitem__
 
     def slow(self, index):
-        time.sleep(0.3)
+        time.sleep(1.0)
         return slow_item(self, index)
 
     monkeypatch.setattr(RefDataset, "__getitem__", slow)
@@ -402,8 +402,8 @@ def test_train_lines_say_how_much_time_went_waiting_for_the_loader(root, tmp_pat
     assert len(plain) == len(slowed) == 3
     for r in plain + slowed:
         assert 0 <= r["data_wait"] <= 1 and 0 < r["window_images_per_s"]
-    assert min(r["data_wait"] for r in slowed) > 0.6
-    assert max(r["window_images_per_s"] for r in slowed) < 1 / 0.3
+    assert min(r["data_wait"] for r in slowed) > 0.5
+    assert max(r["window_images_per_s"] for r in slowed) < 1.0
     assert sum(r["data_wait"] for r in plain) < sum(r["data_wait"] for r in slowed) / 2
 
 

@@ -125,7 +125,7 @@ def evaluate(model: torch.nn.Module, dataset: Any, device: torch.device, *, thre
                             num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
                             worker_init_fn=ignore_stop_signals if workers else None,
                             persistent_workers=bool(workers) and loaders is not None,
-                            generator=torch.Generator())  # its own: a loader's start draws a seed, never from the global RNG
+                            generator=torch.Generator())  # its start draws a seed: not from the global RNG
         if loaders is not None:
             loaders[key] = loader
     sampler = loader.sampler

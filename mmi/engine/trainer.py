@@ -40,8 +40,8 @@ from ..text import Vocabulary, word_vectors
 from .checkpoint import (CheckpointError, get_rng_state, load_training, read_checkpoint, remove_partial_files,
                          save_training, set_rng_state)
 from .config import ConfigError, check_paths, model_overrides, save_config
-from .distributed import (DistInfo, EpochSampler, SkipSampler, all_gather_objects, all_reduce_max_list, all_reduce_mean, barrier,
-                          broadcast_object, cleanup, init_distributed)
+from .distributed import (DistInfo, EpochSampler, SkipSampler, all_gather_objects, all_reduce_max_list,
+                          all_reduce_mean, barrier, broadcast_object, cleanup, init_distributed)
 from .output import AUTO, resolve_start
 from .evaluate import autocast, evaluate, ignore_stop_signals
 from .precision import fp16_refusal, resolve_amp
@@ -62,7 +62,8 @@ class _Window:
         for data, the log and any save) and ``data_wait`` (the share of that time spent waiting
         for the loader: near 0 when the step bounds the run, near 1 when the loader does)."""
         span = max(1e-9, now - self.start)
-        return {"window_images_per_s": round(self.steps * batch / span, 2), "data_wait": round(min(1.0, self.waited / span), 3)}
+        return {"window_images_per_s": round(self.steps * batch / span, 2),
+                "data_wait": round(min(1.0, self.waited / span), 3)}
 
 
 class NonFiniteLossError(RuntimeError):
