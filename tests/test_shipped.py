@@ -45,7 +45,8 @@ def test_shipped_model_reads_the_example_expressions():
 
 def test_shipped_model_beats_the_language_probes_on_unseen_scenes(tmp_path):
     """On a small synthetic set of a seed never used for training, the shipped model scores far
-    above what it gets with no words or with another object's expression."""
+    above what it gets with no words or with another object's expression, and higher still with
+    one region kept per expression (the app's default)."""
     from mmi.data import build_dataset
     from mmi.data.synthetic.__main__ import main as generate
     from mmi.engine.evaluate import evaluate
@@ -61,6 +62,10 @@ def test_shipped_model_beats_the_language_probes_on_unseen_scenes(tmp_path):
                                  max_items=90)["totals"]["oIoU"]
     assert scores["normal"] > 0.3, scores
     assert scores["empty"] < scores["normal"] / 3 and scores["mismatched"] < scores["normal"] / 2, scores
+    ds.set_language("normal")  # the app's one region per expression: on these 84 expressions 67.0 -> 72.8 oIoU
+    peak = evaluate(model, ds, torch.device("cpu"), threshold=0.5, batch_size=16, records=False, max_items=90,
+                    regions="peak")["totals"]["oIoU"]
+    assert peak > scores["normal"] + 0.02, (peak, scores)
 
 
 def test_a_config_without_the_newer_settings_rebuilds_the_same_network():
