@@ -611,8 +611,8 @@ def test_eval_splits_measures_every_split_and_probe_then_summarises(tmp_path):
 
 
 def test_compare_regions_runs_every_split_in_both_modes_alike_then_summarises(tmp_path):
-    """scripts/compare_regions.sh: each split with every region and with one kept, the same
-    amp and batch for both; a split and mode already written is not run again."""
+    """scripts/compare_regions.sh: eval_splits.sh for every region and for one kept, the same
+    amp and batch for both, no probes; one summary of both."""
     import subprocess
 
     calls = tmp_path / "calls.txt"
@@ -620,17 +620,17 @@ def test_compare_regions_runs_every_split_in_both_modes_alike_then_summarises(tm
     fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\necho table\n')
     fake.chmod(0o755)
     out = tmp_path / "cmp"
-    out.mkdir()
-    (out / "synref_testB_peak.json").write_text("{}")  # done by an earlier, stopped run
     res = subprocess.run(["bash", str(ROOT / "scripts" / "compare_regions.sh"), "w.pt", str(out), "d"],
                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PY": str(fake)}, timeout=60)
     assert res.returncode == 0, res.stderr
     ev = "train.py --eval-only --checkpoint w.pt --dataset synref --split"
-    runs = [(s, r) for s in ("val", "testA", "testB", "compositional") for r in ("all", "peak") if (s, r) != ("testB", "peak")]
+    splits = ("val", "testA", "testB", "compositional")
     lines = calls.read_text().splitlines()
-    assert lines[:-1] == [f"{ev} {s} --data-root d --amp bf16 --batch-size 32 --regions {r} --no-progress "
-                          f"--out {out}/synref_{s}_{r}.json" for s, r in runs]
-    assert lines[-1].startswith("scripts/summarize_eval.py ") and f"{out}/synref_compositional_peak.json" in lines[-1]
+    assert lines == [line for r in ("all", "peak") for line in
+                     [f"{ev} {s} --data-root d --regions {r} --amp bf16 --batch-size 32 --no-progress "
+                      f"--out {out}/{r}/synref_{s}.json" for s in splits]
+                     + [f"scripts/summarize_eval.py {out}/{r}/synref_*.json"]] \
+        + ["scripts/summarize_eval.py " + " ".join(f"{out}/{r}/synref_{s}.json" for r in ("all", "peak") for s in splits)]
     assert (out / "summary.md").read_text() == "table\n"
 
 
