@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data.transforms import Letterbox, letterbox, normalization, to_tensor
-from .regions import MODES as REGION_MODES, keep_regions, split_regions
+from .regions import check_mode, count_regions, keep_regions, split_regions
 from .text import Vocabulary
 
 FULL_RES_PIXELS = 4096 * 4096
@@ -213,14 +213,6 @@ def canvas_to_image(maps: np.ndarray, lb: Letterbox, out_hw: tuple[int, int] | N
     return np.ascontiguousarray(np.concatenate(parts, axis=2).transpose(2, 0, 1))
 
 
-def count_regions(mask: np.ndarray) -> int:
-    """8-connected components of an (H, W) binary mask."""
-    if not mask.any():
-        return 0
-    n, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    return int(n) - 1
-
-
 def rle_encode(mask: np.ndarray) -> dict:
     """COCO RLE of an (H, W) binary mask with ``counts`` as a str (the evaluation's format)."""
     from .engine.evaluate import rle_encode as _encode
@@ -334,9 +326,7 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, vocab: Vocabulary, device: str | torch.device = "cpu",
                  cache_size: int = 8, meta: dict | None = None, channels_last: bool = True,
                  cache_bytes: int | None = DEFAULT_CACHE_BYTES, regions: str = "all"):
-        if regions not in REGION_MODES:
-            raise ValueError(f"regions must be one of {', '.join(REGION_MODES)}, got {regions!r}")
-        self.regions = regions
+        self.regions = check_mode(regions)
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
@@ -435,9 +425,7 @@ class Predictor:
         """
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
-        regions = self.regions if regions is None else regions
-        if regions not in REGION_MODES:
-            raise ValueError(f"regions must be one of {', '.join(REGION_MODES)}, got {regions!r}")
+        regions = self.regions if regions is None else check_mode(regions)
         exprs = self.check_expressions(expressions)
         rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)
         words, word_mask, encoded = self.vocab.encode_batch(exprs, self.t_max)

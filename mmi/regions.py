@@ -17,26 +17,41 @@ import numpy as np
 MODES = ("all", "peak")
 
 
+def check_mode(mode: str) -> str:
+    """``mode`` when it is one of :data:`MODES`; ValueError naming them otherwise."""
+    if mode not in MODES:
+        raise ValueError(f"regions must be one of {', '.join(MODES)}, got {mode!r}")
+    return mode
+
+
+def count_regions(mask: np.ndarray) -> int:
+    """8-connected components of an (H, W) binary mask."""
+    return _label(mask)[0]
+
+
 def keep_regions(mask: np.ndarray, prob: np.ndarray, mode: str = "all") -> np.ndarray:
     """``mask`` (H, W) bool as it is (``all``), or only its 8-connected region that holds the
     highest probability of ``prob`` (H, W) inside ``mask`` (``peak``; ties: the first in
     row-major order). An empty mask stays empty."""
-    if mode not in MODES:
-        raise ValueError(f"regions must be one of {', '.join(MODES)}, got {mode!r}")
-    return mask if mode == "all" else split_regions(mask, prob, mode)[0]
+    return mask if check_mode(mode) == "all" else split_regions(mask, prob, mode)[0]
 
 
 def split_regions(mask: np.ndarray, prob: np.ndarray, mode: str = "all") -> tuple[np.ndarray, int]:
     """(:func:`keep_regions`'s mask, the number of 8-connected regions of ``mask`` before any
     was dropped), from one labelling."""
-    if mode not in MODES:
-        raise ValueError(f"regions must be one of {', '.join(MODES)}, got {mode!r}")
-    if not mask.any():
-        return mask, 0
-    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    if mode == "all" or n <= 2:  # background and at most one region
-        return mask, int(n) - 1
+    check_mode(mode)
+    n, labels = _label(mask)
+    if mode == "all" or n <= 1:
+        return mask, n
     if mask.shape != prob.shape:
         raise ValueError(f"mask {mask.shape} and probabilities {prob.shape} differ")
     peak = int(np.argmax(np.where(mask, prob, -np.inf)))
-    return labels == labels.flat[peak], int(n) - 1
+    return labels == labels.flat[peak], n
+
+
+def _label(mask: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """(regions, labels (H, W) int32 with 0 the background); (0, None) for an empty mask."""
+    if not mask.any():
+        return 0, None
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return int(n) - 1, labels

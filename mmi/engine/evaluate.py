@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import Letterbox, collate
 from ..metrics import DEFINITIONS, IoUAccumulator, format_table
-from ..regions import MODES, keep_regions
+from ..regions import check_mode, keep_regions
 from .config import ConfigError
 from .distributed import DistInfo, ShardSampler, all_gather_objects
 from .precision import fp16_refusal, resolve_amp
@@ -115,6 +115,7 @@ def evaluate(model: torch.nn.Module, dataset: Any, device: torch.device, *, thre
     Returns ``{"totals", "by_type", "count", "missing", "records", "seconds"}``; ``records``
     (with RLE masks when ``records`` is True) is complete on every process.
     """
+    check_mode(regions)  # before any work
     info = dist_info or DistInfo(device=device)
     n = len(dataset) if max_items is None else min(len(dataset), int(max_items))
     key = (id(dataset), n, batch_size, workers, info.rank, info.world_size)
@@ -206,8 +207,10 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
 
     if not 0 < threshold < 1:
         raise ConfigError(f"--threshold must lie in (0, 1), got {threshold}")
-    if regions not in MODES:
-        raise ConfigError(f"--regions must be one of {', '.join(MODES)}, got {regions!r}")
+    try:
+        check_mode(regions)
+    except ValueError as e:
+        raise ConfigError(f"--{e}") from None
     info = init_distributed(device)
     if refusal := fp16_refusal(amp, info.device, "eval"):
         cleanup()

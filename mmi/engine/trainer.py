@@ -40,7 +40,7 @@ from ..text import Vocabulary, word_vectors
 from .checkpoint import (CheckpointError, get_rng_state, load_training, read_checkpoint, remove_partial_files,
                          save_training, set_rng_state)
 from .config import ConfigError, check_paths, model_overrides, save_config
-from .distributed import (DistInfo, EpochSampler, SkipSampler, all_gather_objects, all_reduce_max_list,
+from .distributed import (DistInfo, EpochSampler, all_gather_objects, all_reduce_max_list,
                           all_reduce_mean, barrier, broadcast_object, cleanup, init_distributed)
 from .output import AUTO, resolve_start
 from .evaluate import autocast, evaluate, ignore_stop_signals
@@ -178,8 +178,8 @@ class Trainer:
 
         self.sampler = DistributedSampler(self.train_ds, num_replicas=self.info.world_size, rank=self.info.rank,
                                           shuffle=True, seed=int(t["seed"]), drop_last=False)
+        self._epoch_sampler = EpochSampler(self.sampler)  # (epoch, index) keys, the resumed epoch's skip: _loader
         self._persistent_loader: DataLoader | None = None  # see _loader (data.persistent_workers)
-        self._epoch_sampler: EpochSampler | None = None
         self._val_loaders: dict = {}  # validation's loader, its processes kept between validations (evaluate)
         bs = int(d["batch_size"])
         # drop a last partial batch (BatchNorm cannot train on a batch of 1) unless that empties the epoch
@@ -347,10 +347,11 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def _loader(self, epoch: int, skip_steps: int) -> DataLoader:
-        """The training loader for ``epoch`` from its ``skip_steps``-th batch on. With worker
-        processes and ``data.persistent_workers``, one loader for the run whose processes live
-        across epochs (in GPU leg c, 15 processes, each epoch's first step came 5-6 s after the
-        validation, their start part of it), the epoch travelling with each index."""
+        """The training loader for ``epoch`` from its ``skip_steps``-th batch on; each index
+        carries its epoch (``EpochSampler`` -> ``EpochItems``). With worker processes and
+        ``data.persistent_workers``, one loader for the run whose processes live across epochs
+        (in GPU leg c, 15 processes, each epoch's first step came 4.7-6.4 s after the validation,
+        their start part of it); otherwise one loader per epoch."""
         self.train_ds.set_epoch(epoch)
         cache = self.model.feature_cache
         by_name = cache is not None and self.cfg["train"]["cache_by_name"]
@@ -358,19 +359,19 @@ class Trainer:
             self.train_ds.memo_names = cache.names()
         bs = int(self.cfg["data"]["batch_size"])
         workers = int(self.cfg["data"]["workers"])
-        common = dict(batch_size=bs, num_workers=workers, collate_fn=collate, drop_last=self.drop_last,
-                      pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals if workers else None)
-        if workers and self.cfg["data"]["persistent_workers"] and not by_name:
-            if self._persistent_loader is None:
-                self._epoch_sampler = EpochSampler(self.sampler)
-                gen = torch.Generator().manual_seed(int(self.cfg["train"]["seed"]) * 100003)  # the global RNG untouched
-                self._persistent_loader = DataLoader(EpochItems(self.train_ds), sampler=self._epoch_sampler,
-                                                     persistent_workers=True, generator=gen, **common)
-            self._epoch_sampler.set_epoch(epoch, skip_steps * bs)
+        self._epoch_sampler.set_epoch(epoch, skip_steps * bs)
+        persistent = bool(workers) and self.cfg["data"]["persistent_workers"] and not by_name
+        if persistent and self._persistent_loader is not None:
             return self._persistent_loader
-        self.sampler.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(int(self.cfg["train"]["seed"]) * 100003 + epoch)  # keeps the global RNG untouched
-        return DataLoader(self.train_ds, sampler=SkipSampler(self.sampler, skip_steps * bs), generator=gen, **common)
+        # the workers' seeds from a generator of their own: the global RNG untouched
+        gen = torch.Generator().manual_seed(int(self.cfg["train"]["seed"]) * 100003 + (0 if persistent else epoch))
+        loader = DataLoader(EpochItems(self.train_ds), batch_size=bs, sampler=self._epoch_sampler, num_workers=workers,
+                            collate_fn=collate, drop_last=self.drop_last, pin_memory=self.device.type == "cuda",
+                            worker_init_fn=ignore_stop_signals if workers else None, persistent_workers=persistent,
+                            generator=gen)
+        if persistent:
+            self._persistent_loader = loader
+        return loader
 
     def _step(self, batch: dict) -> torch.Tensor:
         """One optimiser step; returns the rank-averaged (loss, loss_mask, loss_lfr)."""
@@ -461,7 +462,7 @@ class Trainer:
         try:
             return self._fit()
         finally:
-            self._persistent_loader = self._epoch_sampler = None  # its worker processes end with it
+            self._persistent_loader = None  # its worker processes end with it
             self._val_loaders.clear()
             for sig, old in handlers.items():
                 signal.signal(sig, old)
