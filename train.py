@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ev.add_argument("--regions", choices=["all", "peak"], default="all",
                     help="all: the thresholded mask as it is (the method's); peak: only its region holding the "
                          "highest probability (an inference aid: mmi/regions.py)")
+    ev.add_argument("--flip", action="store_true",
+                    help="average each prediction with that of the image flipped left-right and the expression's "
+                         "left/right words swapped (an inference aid, twice the time: mmi/mirror.py)")
     ex = p.add_argument_group("export")
     ex.add_argument("--export", metavar="CKPT", help="write the inference-only checkpoint of CKPT to --out")
     ex.add_argument("--half", action="store_true", help="store fp16 weights in the export")
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             run_eval_only(args.checkpoint, args.dataset, args.split, args.data_root, split_by=args.split_by,
                           image_dir=args.image_dir, threshold=args.threshold, out=args.out, batch_size=args.batch_size,
                           workers=args.workers, device=args.device, amp=args.amp, max_items=args.max_items,
-                          language=args.language, progress=not args.no_progress, regions=args.regions)
+                          language=args.language, progress=not args.no_progress, regions=args.regions,
+                          flip=args.flip)
             return 0
         if args.resume and args.resume != "auto" and not args.config:
             saved = load_training(args.resume).get("run_config")

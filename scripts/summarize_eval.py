@@ -18,10 +18,12 @@ def row(name: str, totals: dict) -> str:
 
 
 def label(r: dict) -> str:
-    """dataset/split, with the language probe and a kept single region (``--regions peak``) said."""
+    """dataset/split, with the language probe, a kept single region (``--regions peak``) and the
+    mirrored view (``--flip``) said."""
     probe = r.get("language", "normal")
     return (f"{r['dataset']}/{r['split']}" + ("" if probe == "normal" else f" ({probe} expression)")
-            + (", one region kept" if r.get("regions", "all") != "all" else ""))
+            + (", one region kept" if r.get("regions", "all") != "all" else "")
+            + (", mirrored view averaged" if r.get("flip") else ""))
 
 
 def main(paths: list[str]) -> None:

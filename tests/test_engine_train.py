@@ -196,7 +196,7 @@ def test_evaluate_with_one_region_kept_scores_the_peak_region(root, monkeypatch)
     from mmi.predictor import count_regions
     from mmi.text import Vocabulary
 
-    def two_blobs(model, batch, device, amp="off", channels_last=False):
+    def two_blobs(model, batch, device, amp="off", channels_last=False, mirror=None):
         size = batch["image"].shape[-1]
         prob = torch.zeros(len(batch["meta"]), size, size)
         prob[:, 8:40, 8:40] = 0.7  # a large region

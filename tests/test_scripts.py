@@ -613,9 +613,10 @@ def test_eval_splits_measures_every_split_and_probe_then_summarises(tmp_path):
     assert (out / "summary.md").read_text() == "table\n"
 
 
-def test_compare_regions_runs_every_split_in_both_modes_alike_then_summarises(tmp_path):
+@pytest.mark.parametrize("flip", ["", "1"])
+def test_compare_regions_runs_every_split_in_both_modes_alike_then_summarises(tmp_path, flip):
     """scripts/compare_regions.sh: eval_splits.sh for every region and for one kept, the same
-    amp and batch for both, no probes; one summary of both."""
+    amp and batch for both (FLIP=1: both with --flip), no probes; one summary of both."""
     import subprocess
 
     calls = tmp_path / "calls.txt"
@@ -624,13 +625,15 @@ def test_compare_regions_runs_every_split_in_both_modes_alike_then_summarises(tm
     fake.chmod(0o755)
     out = tmp_path / "cmp"
     res = subprocess.run(["bash", str(ROOT / "scripts" / "compare_regions.sh"), "w.pt", str(out), "d"],
-                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PY": str(fake)}, timeout=60)
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PY": str(fake), "FLIP": flip},
+                         timeout=60)
     assert res.returncode == 0, res.stderr
     ev = "train.py --eval-only --checkpoint w.pt --dataset synref --split"
+    extra = " --flip" if flip else ""
     splits = ("val", "testA", "testB", "compositional")
     lines = calls.read_text().splitlines()
     assert lines == [line for r in ("all", "peak") for line in
-                     [f"{ev} {s} --data-root d --regions {r} --amp bf16 --batch-size 32 --no-progress "
+                     [f"{ev} {s} --data-root d --regions {r} --amp bf16 --batch-size 32 --no-progress{extra} "
                       f"--out {out}/{r}/synref_{s}.json" for s in splits]
                      + [f"scripts/summarize_eval.py {out}/{r}/synref_*.json"]] \
         + ["scripts/summarize_eval.py " + " ".join(f"{out}/{r}/synref_{s}.json" for r in ("all", "peak") for s in splits)]
@@ -650,6 +653,7 @@ def test_summarize_eval_iou_bands_split_each_type():
     assert mod.label({"dataset": "synref", "split": "val"}) == "synref/val"
     assert mod.label({"dataset": "synref", "split": "val", "language": "empty", "regions": "peak"}) == \
         "synref/val (empty expression), one region kept"
+    assert mod.label({"dataset": "synref", "split": "testA", "flip": True}) == "synref/testA, mirrored view averaged"
 
 
 def test_stage2_data_comparison_runs_differ_only_in_their_training_images(tmp_path):

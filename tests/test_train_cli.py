@@ -105,6 +105,16 @@ def test_demo_train_eval_export(synref, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.load(open(results2))["totals"] == doc["totals"]
 
+    # the mirrored view averaged in (--flip): said in the output and the results, every expression kept
+    results3 = str(tmp_path / "results3.json")
+    res = _run("train.py", "--eval-only", "--checkpoint", weights, "--dataset", "synref", "--split", "val",
+               "--data-root", synref, "--threshold", "0.4", "--out", results3, "--workers", "0", "--flip")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "mirrored view" in res.stdout
+    doc3 = json.load(open(results3))
+    assert doc3["flip"] is True and doc["flip"] is False and doc3["count"] == doc["count"]
+    assert [r["index"] for r in doc3["records"]] == [r["index"] for r in doc["records"]]
+
 
 @pytest.mark.parametrize("extra, message", [
     (["optim.lrr=0.1"], "unknown config key 'optim.lrr'"),

@@ -1,6 +1,7 @@
 """Evaluation at the original image resolution: oIoU, mIoU, Prec@X and per-expression records.
 
-Per expression: logits (1, S/4, S/4) -> bilinear upsampling to S x S -> sigmoid ->
+Per expression: logits (1, S/4, S/4) -> bilinear upsampling to S x S -> sigmoid (with
+``mirror``, averaged with the mirrored view's: :mod:`mmi.mirror`) ->
 ``Letterbox.inverse`` (crop the padding, resize to H x W) -> ``> threshold`` -> (with
 ``regions="peak"``, only the region holding the highest probability: :mod:`mmi.regions`) ->
 compared with the ground truth at H x W (``dataset.original_mask``). Metric definitions: :mod:`mmi.metrics`.
@@ -10,7 +11,7 @@ the records are gathered and de-duplicated by dataset index, so every expression
 
 Results JSON (``write_results``)::
 
-    {"checkpoint", "dataset", "split", "split_by", "threshold", "regions", "image_size", "count",
+    {"checkpoint", "dataset", "split", "split_by", "threshold", "regions", "flip", "image_size", "count",
      "backbone_weights": what the backbone started from ("random" or {file, sha256, ...}),
      "missing": expressions not evaluated (unreadable images), "totals": {count, oIoU, mIoU, Prec@X},
      "by_type": {type: totals} (when the dataset gives expression types), "definitions": {...},
@@ -32,6 +33,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..data import Letterbox, collate
 from ..metrics import DEFINITIONS, IoUAccumulator, format_table
+from ..mirror import Mirror
 from ..regions import check_mode, keep_regions
 from .config import ConfigError
 from .distributed import DistInfo, ShardSampler, all_gather_objects
@@ -48,17 +50,26 @@ def autocast(device: torch.device, amp: str):
 
 
 def probabilities(model: torch.nn.Module, batch: dict, device: torch.device, amp: str = "off",
-                  channels_last: bool = False) -> torch.Tensor:
-    """Foreground probabilities (B, S, S) on the letterboxed canvas, float32 on the CPU."""
+                  channels_last: bool = False, mirror: Mirror | None = None) -> torch.Tensor:
+    """Foreground probabilities (B, S, S) on the letterboxed canvas, float32 on the CPU.
+    With ``mirror``, the mean of the plain view and the mirrored one (:mod:`mmi.mirror`)."""
     image = batch["image"].to(device, non_blocking=True)
     if channels_last:
         image = image.contiguous(memory_format=torch.channels_last)
-    inputs = {"image": image, "words": batch["words"].to(device), "word_mask": batch["word_mask"].to(device)}
-    with torch.no_grad(), autocast(device, amp):
-        logits = model(inputs)["logits"]
-    size = image.shape[-1]
-    logits = F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=False)
-    return torch.sigmoid(logits)[:, 0].cpu()
+    words, word_mask = batch["words"].to(device), batch["word_mask"].to(device)
+
+    def view(img: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast(device, amp):
+            logits = model({"image": img, "words": ids, "word_mask": word_mask})["logits"]
+        size = img.shape[-1]
+        logits = F.interpolate(logits.float(), size=(size, size), mode="bilinear", align_corners=False)
+        return torch.sigmoid(logits)[:, 0]
+
+    probs = view(image, words)
+    if mirror is not None:
+        ids, usable = mirror.words(words)
+        probs = mirror.average(probs, view(image.flip(-1), ids), usable)
+    return probs.cpu()
 
 
 def rle_encode(mask: np.ndarray) -> dict:
@@ -105,10 +116,12 @@ def default_results_path(checkpoint: str, name: str) -> str:
 def evaluate(model: torch.nn.Module, dataset: Any, device: torch.device, *, threshold: float = 0.5,
              batch_size: int = 8, workers: int = 0, amp: str = "off", records: bool = True,
              max_items: int | None = None, dist_info: DistInfo | None = None, progress: bool = False,
-             channels_last: bool = False, loaders: dict | None = None, regions: str = "all") -> dict:
+             channels_last: bool = False, loaders: dict | None = None, regions: str = "all",
+             mirror: Mirror | None = None) -> dict:
     """Evaluate every expression of ``dataset`` (a non-training :class:`RefDataset`).
 
     ``regions``: ``all`` (the thresholded mask as it is) or ``peak`` (:func:`mmi.regions.keep_regions`).
+    ``mirror``: average each prediction with its mirrored view's (:mod:`mmi.mirror`; twice the time).
     ``loaders``: a dict the caller keeps between calls (validation during training): the loader
     is made at the first call and kept there, its worker processes alive for the next calls
     (empty the dict to end them).
@@ -141,7 +154,7 @@ def evaluate(model: torch.nn.Module, dataset: Any, device: torch.device, *, thre
         bar = tqdm(total=len(sampler), desc="eval", unit="expr", dynamic_ncols=True)
     try:
         for batch in loader:
-            probs = probabilities(model, batch, device, amp, channels_last)
+            probs = probabilities(model, batch, device, amp, channels_last, mirror)
             for p, meta in zip(probs, batch["meta"]):
                 lb = Letterbox.from_dict(meta["letterbox"])
                 prob = lb.inverse(p.numpy())
@@ -196,7 +209,7 @@ def write_results(path: str, result: dict, header: dict) -> None:
 def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, split_by: str | None = None,
                   image_dir: str | None = None, threshold: float = 0.5, out: str | None = None, batch_size: int = 8,
                   workers: int = 2, device: str = "auto", amp: str = "off", max_items: int | None = None,
-                  language: str = "normal", progress: bool = True, regions: str = "all") -> dict:
+                  language: str = "normal", progress: bool = True, regions: str = "all", flip: bool = False) -> dict:
     """``train.py --eval-only``: load a checkpoint (training or inference), evaluate one split,
     print the table, write the results JSON (default: :func:`default_results_path` of
     ``eval_<dataset>_<split>.json``, ``..._<language>.json`` for a language probe:
@@ -217,17 +230,22 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
         raise ConfigError(refusal)
     try:
         model, vocab, meta = load_inference(checkpoint)
+        mirror = Mirror(vocab) if flip else None
+        if mirror is not None and not mirror.swapped:
+            raise ConfigError("--flip: the checkpoint's vocabulary has no pair of directional words to swap "
+                              "(left/right, leftmost/rightmost), so the mirrored view would ask another question")
         model.to(info.device)
         ds = build_dataset(dataset, data_root, split, model.image_size, vocab, model.t_max, train=False,
                            image_dir=image_dir, split_by=split_by, normalization=normalization(model.config))
         ds.set_language(language)
         result = evaluate(model, ds, info.device, threshold=threshold, batch_size=batch_size, workers=workers,
-                          amp=amp, records=True, max_items=max_items, dist_info=info, progress=progress, regions=regions)
+                          amp=amp, records=True, max_items=max_items, dist_info=info, progress=progress,
+                          regions=regions, mirror=mirror)
         if info.is_main:
             probe = "" if language == "normal" else f"_{language}"
             out = out or default_results_path(checkpoint, f"eval_{dataset}_{split}{probe}.json")
             header = {"checkpoint": os.path.abspath(checkpoint), "dataset": dataset, "split": split,
-                      "split_by": ds.refer.split_by, "threshold": threshold, "regions": regions,
+                      "split_by": ds.refer.split_by, "threshold": threshold, "regions": regions, "flip": bool(flip),
                       "image_size": model.image_size,
                       "t_max": model.t_max, "checkpoint_meta": meta,
                       "backbone_weights": meta.get("backbone_weights", "not recorded"),
@@ -238,6 +256,7 @@ def run_eval_only(checkpoint: str, dataset: str, split: str, data_root: str, *, 
             if result["missing"]:
                 print(f"note: {result['missing']} expression(s) not evaluated (unreadable images)")
             kept = "" if regions == "all" else "; one region per expression (the highest probability's)"
+            kept += "; each mask the mean of the plain and the mirrored view" if flip else ""
             print(f"threshold {threshold}{kept}; metrics at the original resolution; results: {out}")
             result["out"] = out
         return result
