@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="peak (default): each mask keeps only its region holding the highest probability, as an "
                         "expression names one object (an inference aid: mmi/regions.py); all: every region above "
                         "the threshold, the method's own masks")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto",
+                   help="auto (default): bf16 autocast where the CPU computes it natively (AVX-512 BF16 or AMX) "
+                        "or the GPU supports it, float32 elsewhere; off: float32 always")
     serving.add_arguments(p)
     return p.parse_args(argv)
 
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.cache_size,
-                                              cache_bytes=int(args.cache_mb * 2**20), regions=args.regions)
+                                              cache_bytes=int(args.cache_mb * 2**20), regions=args.regions,
+                                              amp=args.amp)
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

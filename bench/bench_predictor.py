@@ -2,7 +2,8 @@
 same image again (image features from the cache).
 
     python bench/bench_predictor.py --checkpoint weights/mmi_demo.pt [--threads 2] [--repeats 5]
-                                    [--size 640x480] [--regions all|peak] [--out runs/bench_predictor.json]
+                                    [--size 640x480] [--regions all|peak] [--amp off|bf16|auto]
+                                    [--out runs/bench_predictor.json]
 
 Each case is timed ``--repeats`` times (after one warm-up run); the median and the minimum
 are reported and the ratios use the medians.
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mmi.engine.precision import cpu_has_bf16  # noqa: E402
 from mmi.predictor import Predictor  # noqa: E402
 
 DEFAULT_EXPRESSIONS = [
@@ -73,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--size", default="640x480", help="image WxH")
     p.add_argument("--expressions", type=int, default=8, help="expressions in the batched case (<= 32)")
+    p.add_argument("--amp", choices=("off", "bf16", "auto"), default="auto",
+                   help="the predictor's precision; auto (app.py's default): bf16 where the CPU computes it "
+                        "natively, float32 elsewhere")
     p.add_argument("--regions", choices=("all", "peak"), default="all",
                    help="the predictor's region mode (the app's default is peak)")
     p.add_argument("--out", default="runs/bench_predictor.json")
@@ -80,14 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     w, h = (int(v) for v in args.size.lower().split("x"))
     exprs = (DEFAULT_EXPRESSIONS * 4)[: args.expressions]
-    predictor = Predictor.from_checkpoint(args.checkpoint, "cpu", regions=args.regions)
+    predictor = Predictor.from_checkpoint(args.checkpoint, "cpu", regions=args.regions, amp=args.amp)
     t, best = run(predictor, exprs, args.repeats, h, w)
     n = len(exprs)
     one, many = t["first, 1 expr"], t[f"first, {n} expr"]
     ratios = {f"{n} expr / 1 expr (first)": many / one, "repeat / first (1 expr)": t["repeat, 1 expr"] / one}
     goals = {f"{n} expr / 1 expr (first)": 2.0, "repeat / first (1 expr)": 0.5}
     print(f"checkpoint {args.checkpoint}  model input {predictor.image_size}px  image {w}x{h}  "
-          f"threads {args.threads}  regions {args.regions}  median of {args.repeats}")
+          f"threads {args.threads}  regions {args.regions}  amp {predictor.amp}  median of {args.repeats}")
     print(f"{'case':<22}{'median ms':>10}{'min ms':>10}")
     for k, v in t.items():
         print(f"{k:<22}{1000 * v:>10.1f}{1000 * best[k]:>10.1f}")
@@ -95,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in ratios.items():
         print(f"{k:<30}{v:>8.2f}{'<= ' + str(goals[k]):>8}  {'yes' if v <= goals[k] else 'NO'}")
     doc = {"checkpoint": os.path.abspath(args.checkpoint), "image_size": predictor.image_size, "image": [h, w],
-           "threads": args.threads, "regions": args.regions, "repeats": args.repeats, "expressions": exprs, "torch": torch.__version__,
+           "threads": args.threads, "regions": args.regions, "amp": predictor.amp, "cpu_bf16": cpu_has_bf16(),
+           "repeats": args.repeats, "expressions": exprs, "torch": torch.__version__,
            "cpu": platform.processor() or platform.machine(), "seconds": t, "seconds_min": best, "ratios": ratios, "goals": goals,
            "met": {k: ratios[k] <= goals[k] for k in ratios}}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -53,6 +53,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data.transforms import Letterbox, letterbox, normalization, to_tensor
+from .engine.evaluate import autocast
+from .engine.precision import resolve_amp
 from .regions import check_mode, count_regions, keep_regions, split_regions
 from .text import Vocabulary
 
@@ -321,13 +323,19 @@ class Predictor:
             about 2x faster for the mask head on a CPU, which runs once per expression).
         regions: ``all`` (the method's masks) or ``peak`` (each mask's region holding the
             highest probability only: :mod:`mmi.regions`); a call's ``regions`` overrides it.
+        amp: ``off`` (float32), ``bf16`` (autocast) or ``auto`` (bf16 where the device computes
+            it natively: a CPU with AVX-512 BF16 or AMX, a CUDA GPU with bf16; else off:
+            :mod:`mmi.engine.precision`). ``self.amp`` is the one in use.
     """
 
     def __init__(self, model: torch.nn.Module, vocab: Vocabulary, device: str | torch.device = "cpu",
                  cache_size: int = 8, meta: dict | None = None, channels_last: bool = True,
-                 cache_bytes: int | None = DEFAULT_CACHE_BYTES, regions: str = "all"):
+                 cache_bytes: int | None = DEFAULT_CACHE_BYTES, regions: str = "all", amp: str = "off"):
         self.regions = check_mode(regions)
         self.device = torch.device(device)
+        if amp not in ("off", "bf16", "auto"):
+            raise ValueError(f"amp must be one of off, bf16, auto; got {amp!r}")
+        self.amp = resolve_amp(amp, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.vocab, self.meta = vocab, dict(meta or {})
@@ -343,14 +351,15 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", cache_size: int = 8,
-                        cache_bytes: int | None = DEFAULT_CACHE_BYTES, regions: str = "all") -> "Predictor":
+                        cache_bytes: int | None = DEFAULT_CACHE_BYTES, regions: str = "all",
+                        amp: str = "off") -> "Predictor":
         """Load an inference (or training) checkpoint with ``weights_only=True``."""
         from .engine.checkpoint import load_inference
 
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but no CUDA device is available")
         model, vocab, meta = load_inference(path, map_location="cpu")
-        return cls(model, vocab, device, cache_size, meta, cache_bytes=cache_bytes, regions=regions)
+        return cls(model, vocab, device, cache_size, meta, cache_bytes=cache_bytes, regions=regions, amp=amp)
 
     @property
     def num_layers(self) -> int:
@@ -401,7 +410,7 @@ class Predictor:
                 return hit
             canvas, lb = letterbox(rgb, self.image_size)
             x = to_tensor(canvas, self.norm)[None].to(self.device).contiguous(memory_format=self.memory_format)
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.device, self.amp):
                 feats = self.model.encode_image(x)
             self.encode_calls += 1
             size = feature_bytes(feats)
@@ -432,7 +441,7 @@ class Predictor:
         S = self.image_size
         with self._lock:
             feats, lb = self.features(rgb)
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.device, self.amp):
                 out = self.model.decode(feats, words.to(self.device), word_mask.to(self.device),
                                         return_attention=attention)
                 logits = F.interpolate(out["logits"].float(), size=(S, S), mode="bilinear", align_corners=False)
@@ -506,7 +515,7 @@ class Predictor:
         outs = []
         with self._lock:
             feats, lb = self.features(rgb)
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.device, self.amp):
                 for a in range(0, len(rows), max_batch):
                     out = self.model.decode(feats, words[a : a + max_batch].to(self.device),
                                             mask[a : a + max_batch].to(self.device), return_attention=False)

@@ -443,6 +443,17 @@ def test_the_page_and_the_legend_say_which_regions_a_mask_keeps(tiny_checkpoint)
     assert ("multi", "3 regions found, the most probable kept") in flags_of(pred)
 
 
+def test_the_page_says_when_the_model_runs_in_bf16(tiny_checkpoint):
+    """app.py --amp auto (the default: bf16 where the CPU computes it), bf16 or off."""
+    from webapp.common import ModelInfo
+
+    assert app.parse_args([]).amp == "auto" and app.parse_args(["--amp", "off"]).amp == "off"
+    with pytest.raises(SystemExit):
+        app.parse_args(["--amp", "fp16"])
+    assert "computed in bf16" in ModelInfo(Predictor.from_checkpoint(tiny_checkpoint, amp="bf16")).summary()
+    assert "bf16" not in ModelInfo(Predictor.from_checkpoint(tiny_checkpoint, amp="off")).summary()
+
+
 def test_main_reports_a_bad_checkpoint(tmp_path, capsys):
     assert app.main(["--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err

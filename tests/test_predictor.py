@@ -262,3 +262,26 @@ def test_one_region_kept_on_request_and_by_default(tiny_checkpoint):
         peak.predict(img, ["a red thing"], regions="largest")
     with pytest.raises(ValueError, match="regions must be one of"):
         Predictor.from_checkpoint(tiny_checkpoint, regions="largest")
+
+
+def test_precision_is_chosen_checked_and_used(tiny_checkpoint, monkeypatch):
+    """amp: off keeps float32; bf16 runs the network under bf16 autocast (features cached in
+    bf16: half the bytes) and still returns float32 maps; auto follows the CPU's bf16
+    support; anything else is refused."""
+    import mmi.engine.precision as precision
+
+    img = scene()
+    off = Predictor.from_checkpoint(tiny_checkpoint)
+    bf16 = Predictor.from_checkpoint(tiny_checkpoint, amp="bf16")
+    assert off.amp == "off" and bf16.amp == "bf16"
+    a, b = off.predict(img, EXPRS)[0], bf16.predict(img, EXPRS)[0]
+    assert b.canvas_prob.dtype == a.canvas_prob.dtype == np.float32 and b.mask.shape == a.mask.shape
+    assert np.abs(a.canvas_prob - b.canvas_prob).max() < 0.05
+    assert off.features(img)[0]["pixels"].dtype == torch.float32
+    assert bf16.features(img)[0]["pixels"].dtype == torch.bfloat16
+    assert bf16.cache_nbytes < 0.6 * off.cache_nbytes
+    for has in (True, False):
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda has=has: has)
+        assert Predictor.from_checkpoint(tiny_checkpoint, amp="auto").amp == ("bf16" if has else "off")
+    with pytest.raises(ValueError, match="amp must be one of"):
+        Predictor.from_checkpoint(tiny_checkpoint, amp="fp16")

@@ -287,7 +287,8 @@ class ModelInfo:
         if isinstance(val, dict) and val.get("oIoU") is not None:
             bits.append(f"validation oIoU {100 * float(val['oIoU']):.1f} on {val.get('count', '?')} expressions")
         line = (f"**What this model knows:** {', '.join(bits)}; a vocabulary of {len(self.words)} words, "
-                f"at most {self.predictor.t_max} words per expression, input {self.predictor.image_size} px.")
+                f"at most {self.predictor.t_max} words per expression, input {self.predictor.image_size} px"
+                + (", computed in bf16." if getattr(self.predictor, "amp", "off") == "bf16" else "."))
         if self.synthetic:
             line += ("\n\n**It knows the synthetic shapes world only** (8 shapes, 8 colours, 3 sizes, 4 fills, "
                      "positions, extremes, ordinals and relations between objects). On photographs, or with words "
