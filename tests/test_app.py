@@ -393,6 +393,27 @@ def test_failure_record_without_a_dataset_uses_the_json_ground_truth(tmp_path):
         app.failure_inputs({**rec, "file_name": "b.png"}, {}, str(tmp_path))
 
 
+def test_failure_view_says_when_the_results_averaged_the_mirrored_view(tiny_checkpoint, tmp_path):
+    """A results file of --eval-only --flip: the recomputed prediction is the plain view's, and
+    the description says so; without the flag it says nothing of it."""
+    from mmi.predictor import rle_encode
+    from webapp.common import Context, ModelInfo, Results, Workdir
+    from webapp.failures import failure_view
+
+    img = scene(30, 40)
+    cv2.imwrite(str(tmp_path / "a.png"), img[:, :, ::-1])
+    gt = np.zeros((30, 40), bool)
+    gt[5:15, 10:30] = True
+    rec = {"expression": "the red cube", "iou": 0.1, "type": "attribute", "file_name": "a.png",
+           "gt_rle": rle_encode(gt), "rle": rle_encode(gt)}
+    predictor = Predictor.from_checkpoint(tiny_checkpoint)
+    ctx = Context(predictor, ModelInfo(predictor), Workdir(), Results(), ["layer 1"])
+    _, text, _ = failure_view(ctx, [rec], {"threshold": 0.5, "flip": True}, "1", str(tmp_path), "layer 1")
+    assert "mirrored view (`--flip`)" in text and "is the plain view's" in text
+    _, text, _ = failure_view(ctx, [rec], {"threshold": 0.5}, "1", str(tmp_path), "layer 1")
+    assert "mirrored" not in text
+
+
 # ----------------------------------------------------------------------------- what the model knows
 
 def test_the_page_says_what_the_model_knows(tiny_checkpoint, tmp_path):

@@ -219,6 +219,9 @@ def failure_view(ctx: Context, records: list[dict], header: dict, choice: Any, d
     if gt is not None:
         inter, union = np.count_nonzero(gt & now[0].mask), np.count_nonzero(gt | now[0].mask)
         text += f" IoU of this checkpoint: {inter / union if union else 0.0:.3f}."
+    if (header or {}).get("flip"):
+        text += (" The results file averaged each prediction with its mirrored view (`--flip`); what is "
+                 "recomputed here, the words, confidence, IoU and attention, is the plain view's.")
     return compare, text, heat
 
 
