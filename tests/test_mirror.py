@@ -92,3 +92,35 @@ def test_evaluation_refuses_a_flip_it_cannot_make(tiny_checkpoint, tmp_path):
     save_inference(path, build_model("tiny", len(vocab)), vocab, meta={})
     with pytest.raises(ConfigError, match="no pair of directional words"):
         run_eval_only(path, "synref", "val", str(tmp_path), flip=True, progress=False)
+
+
+def test_mirror_views_script_scores_what_evaluation_scores(tiny_checkpoint, tmp_path):
+    """scripts/mirror_views.py, from one pair of runs per batch: its plain view is evaluate()'s,
+    its mean is evaluate(mirror=...)'s, to the last pixel; the mirrored view alone differs."""
+    import importlib.util
+    from pathlib import Path
+
+    from mmi.data import build_dataset
+    from mmi.data.synthetic.__main__ import main as generate
+    from mmi.engine.checkpoint import load_inference
+    from mmi.engine.evaluate import evaluate
+
+    assert generate(["--out", str(tmp_path), "--images", "12", "--seed", "5", "--workers", "1", "--quiet"]) == 0
+    spec = importlib.util.spec_from_file_location("mirror_views", Path(__file__).parents[1] / "scripts" / "mirror_views.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model, vocab, _ = load_inference(tiny_checkpoint)
+    mirror = Mirror(vocab)
+    assert mirror.swapped == ["left", "right"] and len(mirror.unpaired) == 1  # "leftmost" without "rightmost"
+    ds = build_dataset("synref", str(tmp_path), "val", model.image_size, vocab, model.t_max, train=False)
+    thr = 0.449  # the untrained model's probabilities lie within 0.448-0.450: masks neither empty nor full
+    accs = script.score_split(model, mirror, ds, "off", batch_size=4, threshold=thr)
+    cpu = torch.device("cpu")
+    for regions in ("all", "peak"):
+        plain = evaluate(model, ds, cpu, threshold=thr, batch_size=4, records=False, regions=regions)["totals"]
+        mean = evaluate(model, ds, cpu, threshold=thr, batch_size=4, records=False, regions=regions,
+                        mirror=mirror)["totals"]
+        assert 0 < plain["oIoU"] < 1 and 0 < mean["oIoU"] < 1
+        assert accs[f"plain_{regions}"].summary() == plain
+        assert accs[f"mean_{regions}"].summary() == mean
+    assert accs["mirrored_all"].summary() != accs["plain_all"].summary()
