@@ -41,10 +41,20 @@ def test_shipped_model_reads_the_example_expressions():
     probs = np.stack([p.canvas_prob for p in out])
     # different expressions on the same image give different maps: the words reach the mask
     assert max(np.abs(probs[0] - probs[i]).max() for i in range(1, len(out))) > 0.05
-    # bf16 (the app's choice where the CPU computes it) draws the same masks (IoU 0.95-0.999 here)
-    fast = Predictor.from_checkpoint(str(CKPT), cache_size=2, amp="bf16").predict(image, ex["expressions"])
-    for p, q in zip(out, fast):
-        assert (p.mask & q.mask).sum() >= 0.9 * (p.mask | q.mask).sum(), p.expression
+
+
+def test_shipped_model_draws_the_same_masks_in_bf16():
+    """bf16 (the app's choice where the CPU computes it) against float32, every example expression."""
+    exact = Predictor.from_checkpoint(str(CKPT), cache_size=1)
+    fast = Predictor.from_checkpoint(str(CKPT), cache_size=1, amp="bf16")
+    n = 0
+    for ex in json.loads((EXAMPLES / "examples.json").read_text()):
+        image = load_image(str(EXAMPLES / ex["file_name"]))
+        for p, q in zip(exact.predict(image, ex["expressions"], attention=False),
+                        fast.predict(image, ex["expressions"], attention=False)):
+            assert (p.mask & q.mask).sum() >= 0.9 * (p.mask | q.mask).sum(), p.expression
+            n += 1
+    assert n >= 20
 
 
 def test_shipped_model_beats_the_language_probes_on_unseen_scenes(tmp_path):
