@@ -6,11 +6,11 @@ flipped back, is averaged with the plain one. Both views run the whole network, 
 twice the time.
 
 Sound where a mirrored scene is as likely as the scene itself and mirroring changes nothing
-but the directional words: nearly so in the synthetic world (on val the mirrored view alone
-scores within 0.3 oIoU of the plain one, README), approximately in photographs (text in a
-scene reads backwards, "his left hand" stays his). An expression holding
-a directional word whose partner is not in the vocabulary (say "leftmost" without
-"rightmost") cannot be mirrored: it keeps the plain view alone.
+but the directional words: nearly so in the synthetic world (the mirrored view alone scores
+within 0.3 oIoU of the plain one on every split: README, ``scripts/mirror_views.py``),
+approximately in photographs (text in a scene reads backwards, "his left hand" stays his).
+An expression holding a directional word whose partner is not in the vocabulary (say
+"leftmost" without "rightmost") cannot be mirrored: it keeps the plain view alone.
 """
 from __future__ import annotations
 
