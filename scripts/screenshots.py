@@ -1,6 +1,7 @@
 """Screenshots of each tab of the demo for the README (headless Debian Chromium via Playwright):
 
     python scripts/screenshots.py [--checkpoint weights/mmi_demo.pt] [--out assets/screenshots] [--regions peak|all]
+                                  [--amp auto|bf16|off]
 
 Serves the app in-process on a free loopback port, runs the first example on the Segment
 tab, checks a few expressions in the Scene lab, opens the shipped results in the Failure
@@ -29,11 +30,11 @@ def save(page_or_locator, path: str, **kw) -> None:
     print(path, os.path.getsize(path) // 1024, "KB")
 
 
-def app_default_regions() -> str:
-    """app.py's default for --regions, so that the screenshots show what the app shows."""
+def app_defaults():
+    """app.py's defaults (--regions, --amp), so that the screenshots show what the app shows."""
     import app
 
-    return app.parse_args([]).regions
+    return app.parse_args([])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default=os.path.join(HERE, "weights", "mmi_demo.pt"))
     p.add_argument("--out", default=os.path.join(HERE, "assets", "screenshots"))
     p.add_argument("--chromium", default="/usr/bin/chromium")
-    p.add_argument("--regions", choices=("peak", "all"), default=app_default_regions(), help="as app.py's --regions")
+    defaults = app_defaults()
+    p.add_argument("--regions", choices=("peak", "all"), default=defaults.regions, help="as app.py's --regions")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default=defaults.amp, help="as app.py's --amp")
     args = p.parse_args(argv)
     from playwright.sync_api import expect, sync_playwright
 
@@ -49,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from mmi.predictor import Predictor
 
     os.makedirs(args.out, exist_ok=True)
-    demo = app.build_app(Predictor.from_checkpoint(args.checkpoint, regions=args.regions), checkpoint=args.checkpoint)
+    predictor = Predictor.from_checkpoint(args.checkpoint, regions=args.regions, amp=args.amp)
+    demo = app.build_app(predictor, checkpoint=args.checkpoint)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
