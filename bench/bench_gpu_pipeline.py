@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_train import batch as random_batch, device_name, sync, write_json  # noqa: E402
 from mmi.data import build_dataset, collate, normalization, normalize_uint8  # noqa: E402
 from mmi.engine.config import load_config, model_overrides  # noqa: E402
-from mmi.engine.evaluate import autocast  # noqa: E402
+from mmi.engine.precision import autocast  # noqa: E402
 from mmi.model import build_model, resolve_config  # noqa: E402
 from mmi.text import Vocabulary  # noqa: E402
 

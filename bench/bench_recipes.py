@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmi.engine.config import load_config  # noqa: E402
-from mmi.engine.evaluate import autocast  # noqa: E402
+from mmi.engine.precision import autocast  # noqa: E402
 from mmi.engine.precision import resolve_amp  # noqa: E402
 from mmi.model import build_model  # noqa: E402
 

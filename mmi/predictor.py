@@ -53,8 +53,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data.transforms import Letterbox, letterbox, normalization, to_tensor
-from .engine.evaluate import autocast
-from .engine.precision import resolve_amp
+from .engine.precision import autocast, resolve_amp
 from .regions import check_mode, count_regions, keep_regions, split_regions
 from .text import Vocabulary
 

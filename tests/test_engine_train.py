@@ -247,6 +247,11 @@ def test_amp_auto_follows_the_cpu_flags(monkeypatch):
     assert precision.resolve_amp("auto", cpu) == "bf16"
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"amx_bf16"}))
     assert precision.resolve_amp("auto", cpu) == "bf16"
+    lin = torch.nn.Linear(4, 4)
+    with precision.autocast(cpu, "bf16"):
+        assert lin(torch.ones(2, 4)).dtype == torch.bfloat16
+    with precision.autocast(cpu, "off"):
+        assert lin(torch.ones(2, 4)).dtype == torch.float32
 
 
 def test_lr_factor_cosine_over_time_progress():

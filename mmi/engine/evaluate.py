@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -37,16 +36,7 @@ from ..mirror import Mirror
 from ..regions import check_mode, keep_regions
 from .config import ConfigError
 from .distributed import DistInfo, ShardSampler, all_gather_objects
-from .precision import fp16_refusal, resolve_amp
-
-
-def autocast(device: torch.device, amp: str):
-    """The autocast context of ``amp`` (off | bf16 | fp16 | auto: precision.py) on ``device``."""
-    amp = resolve_amp(amp, device)
-    if amp == "off":
-        return nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+from .precision import autocast, fp16_refusal
 
 
 def probabilities(model: torch.nn.Module, batch: dict, device: torch.device, amp: str = "off",

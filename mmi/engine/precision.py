@@ -13,6 +13,7 @@ and ``--eval-only``, in one place).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -60,3 +61,12 @@ def fp16_refusal(amp: str, device: str | torch.device, where: str) -> str | None
         return f"--amp fp16 needs a CUDA device, the evaluation runs on {device}; use --amp bf16 or off"
     on = f" and train.device is {str(device)!r}" if where == "config" else f", this run is on {device}"
     return f"config key 'train.amp': fp16 (with loss scaling) needs a CUDA device{on}; use train.amp=bf16 or off on the CPU"
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context of ``amp`` (off | bf16 | fp16 | auto) on ``device``; a null context for off."""
+    amp = resolve_amp(amp, device)
+    if amp == "off":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

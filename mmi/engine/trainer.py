@@ -43,8 +43,8 @@ from .config import ConfigError, check_paths, model_overrides, save_config
 from .distributed import (DistInfo, EpochSampler, all_gather_objects, all_reduce_max_list,
                           all_reduce_mean, barrier, broadcast_object, cleanup, init_distributed)
 from .output import AUTO, resolve_start
-from .evaluate import autocast, evaluate, ignore_stop_signals
-from .precision import fp16_refusal, resolve_amp
+from .evaluate import evaluate, ignore_stop_signals
+from .precision import autocast, fp16_refusal, resolve_amp
 from .runlog import RunLogger, plot_curves
 
 
