@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--size", default="640x480", help="image WxH")
     p.add_argument("--expressions", type=int, default=8, help="expressions in the batched case (<= 32)")
-    p.add_argument("--amp", choices=("off", "bf16", "auto"), default="auto",
-                   help="the predictor's precision; auto (app.py's default): bf16 where the CPU computes it "
-                        "natively, float32 elsewhere")
+    p.add_argument("--amp", choices=("off", "bf16", "auto"), default="off",
+                   help="the predictor's precision: off (float32, as every earlier figure in BENCHMARKS.md), bf16, "
+                        "or auto (app.py's default: bf16 where the CPU computes it natively, float32 elsewhere)")
     p.add_argument("--regions", choices=("all", "peak"), default="all",
                    help="the predictor's region mode (the app's default is peak)")
     p.add_argument("--out", default="runs/bench_predictor.json")

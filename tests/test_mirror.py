@@ -80,7 +80,7 @@ def test_probabilities_with_a_mirror_average_the_plain_and_the_mirrored_view():
     assert torch.equal(both[1], plain[1])  # "left-hand" has no partner: the plain view alone
 
 
-def test_evaluation_refuses_a_flip_it_cannot_make(tiny_checkpoint, tmp_path):
+def test_evaluation_refuses_a_flip_it_cannot_make(tmp_path):
     """A vocabulary without any left/right pair cannot ask the mirrored question."""
     from mmi.engine.checkpoint import save_inference
     from mmi.engine.config import ConfigError

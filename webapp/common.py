@@ -288,7 +288,7 @@ class ModelInfo:
             bits.append(f"validation oIoU {100 * float(val['oIoU']):.1f} on {val.get('count', '?')} expressions")
         line = (f"**What this model knows:** {', '.join(bits)}; a vocabulary of {len(self.words)} words, "
                 f"at most {self.predictor.t_max} words per expression, input {self.predictor.image_size} px"
-                + (", computed in bf16." if getattr(self.predictor, "amp", "off") == "bf16" else "."))
+                + (", computed in bf16." if self.predictor.amp == "bf16" else "."))
         if self.synthetic:
             line += ("\n\n**It knows the synthetic shapes world only** (8 shapes, 8 colours, 3 sizes, 4 fills, "
                      "positions, extremes, ordinals and relations between objects). On photographs, or with words "
