@@ -316,6 +316,32 @@ def test_init_from_starts_a_new_run_from_a_checkpoint(root, tmp_path):
         Trainer(_cfg(root, str(tmp_path / "d"), f"train.init_from={tmp_path / 'missing.pt'}"), progress=False)
 
 
+def test_init_from_gives_a_trained_model_a_refiner_and_trains_it_alone(root, tmp_path):
+    """train.init_from with refine_channels and refine_only: the checkpoint (no refiner) loads
+    with the refiner left at its own start (logged as init_new), the refiner's weights are all
+    that train, and every other weight and BatchNorm statistic ends as the checkpoint's; a
+    checkpoint that lacks more than the refiner is still refused."""
+    from mmi.engine.checkpoint import export_inference
+    from mmi.engine.config import ConfigError
+
+    train(_cfg(root, str(tmp_path / "a"), "train.epochs=1"), progress=False)
+    export_inference(str(tmp_path / "a" / "last.pt"), str(tmp_path / "a.pt"))
+    src = load_inference(str(tmp_path / "a.pt"))[0].state_dict()
+    out = str(tmp_path / "r")
+    done = train(_cfg(root, out, f"train.init_from={tmp_path / 'a.pt'}", "train.epochs=1",
+                      "model.overrides.refine_channels=4", "model.overrides.refine_only=true"), progress=False)
+    assert done["step"] > 0
+    start = [json.loads(x) for x in open(os.path.join(out, "log.jsonl"))][0]
+    assert start["init_new"] == ["refiner"]
+    state = load_training(os.path.join(out, "last.pt"))["model"]
+    for k, v in src.items():
+        assert torch.equal(state[k], v), k
+    refiner = {k: v for k, v in state.items() if k.startswith("refiner.")}
+    assert refiner and not torch.equal(refiner["refiner.out.weight"], torch.zeros_like(refiner["refiner.out.weight"]))
+    with pytest.raises(ConfigError, match="train.init_from"):  # a refiner-less model cannot load a refiner
+        train(_cfg(root, str(tmp_path / "x"), f"train.init_from={os.path.join(out, 'last.pt')}"), progress=False)
+
+
 def test_a_finished_time_budget_run_resumes_to_nothing(root, tmp_path):
     """A run whose cosine over time has ended is complete: --resume trains no further step."""
     out = str(tmp_path / "t")

@@ -86,6 +86,17 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def load_init(model: torch.nn.Module, state: dict) -> list[str]:
+    """Load ``train.init_from``'s weights into ``model``; a refiner the checkpoint lacks (a
+    trained model given one) keeps its own initialisation. Returns the names of the modules
+    left so; any other missing or unexpected key is a RuntimeError, as in a strict load."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    new = [k for k in missing if k.startswith("refiner.")]
+    if unexpected or len(new) != len(missing):
+        model.load_state_dict(state)  # raises, naming the keys
+    return sorted({k.split(".")[0] for k in new})
+
+
 def lr_factor(step: int, iters_per_epoch: int, optim: dict, total_steps: int | None = None,
               progress: float | None = None) -> float:
     """Multiplier of the base lr after ``step`` optimiser steps: linear warm-up from
@@ -152,6 +163,7 @@ class Trainer:
         check_paths(cfg, resume=resuming)
         t, d = cfg["train"], cfg["data"]
         self.vectors = "from checkpoint"
+        self.init_new: list[str] = []  # modules train.init_from's checkpoint lacks (load_init)
         self.info: DistInfo = init_distributed(t["device"])
         self.device = self.info.device
         self.out = cfg["output"]
@@ -227,7 +239,7 @@ class Trainer:
                             step_in_epoch=self.state.step_in_epoch, resume=resume if ckpt else None,
                             resume_auto=asked == AUTO, partial_files_removed=self.partial_removed,
                             device=str(self.device), vocab=len(self.vocab), word_vectors=self.vectors,
-                            backbone_weights=self.backbone_weights, amp=self.amp,
+                            backbone_weights=self.backbone_weights, amp=self.amp, init_new=self.init_new,
                             train_items=len(self.train_ds), iters_per_epoch=self.iters_per_epoch)
 
     # ------------------------------------------------------------------ set-up
@@ -277,7 +289,7 @@ class Trainer:
         elif self.init:
             model = build_model(self.cfg["model"]["preset"], len(self.vocab), **dict(over, backbone_weights="random"))
             try:
-                model.load_state_dict(self.init["model"])
+                self.init_new = load_init(model, self.init["model"])
             except RuntimeError as e:
                 raise ConfigError(f"config key 'train.init_from': the weights of {t['init_from']} do not fit the "
                                   f"architecture of model.preset/model.overrides ({str(e).splitlines()[0]}); "
@@ -354,7 +366,8 @@ class Trainer:
         their start part of it); otherwise one loader per epoch."""
         self.train_ds.set_epoch(epoch)
         cache = self.model.feature_cache
-        by_name = cache is not None and self.cfg["train"]["cache_by_name"]
+        # the refiner reads every image: a memo keyed by name would leave them out of the batch
+        by_name = cache is not None and self.cfg["train"]["cache_by_name"] and self.model.refiner is None
         if by_name:  # workers copy the dataset when the iterator starts: the names memoised so far
             self.train_ds.memo_names = cache.names()
         bs = int(self.cfg["data"]["batch_size"])

@@ -52,9 +52,11 @@ class MaskHead(nn.Module):
         The model computes it once per image (``MMI.encode_image``)."""
         return self.skip(f8)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor, sentence: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: torch.Tensor, sentence: torch.Tensor | None = None,
+                return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x (B, C, H, W) at stride 16; skip = ``project_skip(f8)``; sentence f_s (B, C), used
-        with ``skip_fusion``. Returns logits (B, 1, 4H, 4W)."""
+        with ``skip_fusion``. Returns logits (B, 1, 4H, 4W), and with ``return_hidden`` also
+        the features they are read from, (B, channels/4, 4H, 4W) (what ``MaskRefiner`` reads)."""
         if self.skip_gate is not None:
             if sentence is None:
                 raise ValueError("this mask head gates the stride-8 level with the sentence feature: pass sentence")
@@ -62,4 +64,7 @@ class MaskHead(nn.Module):
         x = F.interpolate(self.inp(x), size=skip.shape[-2:], mode="bilinear", align_corners=False)
         x = self.mid(torch.cat([x, skip], dim=1))
         x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        return self.out(x)
+        if not return_hidden:
+            return self.out(x)
+        hidden = self.out[0](x)
+        return self.out[1](hidden), hidden

@@ -44,8 +44,10 @@ class MMI(nn.Module):
                  mask_head: MaskHead, lfr: LanguageReconstruction | None, image_size: int, t_max: int,
                  lfr_weight: float = 0.1, mask_weight: float = 1.0, frozen_backbone: bool = False,
                  dice_weight: float = 0.0, config: dict | None = None, sentence_fusion: nn.Module | None = None,
-                 aux_weight: float = 0.0):
+                 aux_weight: float = 0.0, refiner: nn.Module | None = None, refine_only: bool = False):
         super().__init__()
+        if refine_only and refiner is None:
+            raise ValueError("refine_only trains the refiner alone, but this model has none (refine_channels=0)")
         self.backbone, self.vision, self.language = backbone, vision, language
         self.decoder, self.mask_head, self.lfr = decoder, mask_head, lfr
         self.sentence_fusion = sentence_fusion
@@ -54,18 +56,29 @@ class MMI(nn.Module):
         self.image_size, self.t_max = image_size, t_max
         self.lfr_weight, self.mask_weight, self.dice_weight = lfr_weight, mask_weight, dice_weight
         self.config = dict(config or {})
-        self.frozen_backbone = frozen_backbone
+        self.refiner = refiner
+        self.refine_only = bool(refine_only)
+        self.frozen_backbone = frozen_backbone or self.refine_only
         self.feature_cache = None  # a FeatureCache of memoised_part()'s outputs (training speed-up), not saved
-        if frozen_backbone:
+        if self.frozen_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
+        if self.refine_only:
+            for name, p in self.named_parameters():
+                p.requires_grad_(name.startswith("refiner."))
+            self.train(self.training)
 
     def train(self, mode: bool = True) -> "MMI":
         """As ``nn.Module.train``; a frozen backbone stays in eval mode (its BatchNorm
-        statistics stay those of its pretraining)."""
+        statistics stay those of its pretraining), and so does everything but the refiner
+        with ``refine_only``."""
         super().train(mode)
         if self.frozen_backbone:
             self.backbone.eval()
+        if self.refine_only:
+            for name, child in self.named_children():
+                if name != "refiner":
+                    child.eval()
         return self
 
     def memoised_part(self) -> nn.Module | None:
@@ -95,6 +108,9 @@ class MMI(nn.Module):
         With a ``feature_cache``, ``names`` and ``present`` (B each, a training batch whose
         loader skipped the images the memo holds, ``data.collate``), ``image`` holds only the
         present rows (None when none are)."""
+        if self.refiner is not None and (image is None or (present is not None and not all(present))):
+            raise ValueError("the refiner reads the image itself: every image of the batch must be loaded "
+                             "(a feature memo keyed by image name leaves them out)")
         part = self.memoised_part() if self.feature_cache is not None else None
         if part is None and names is not None and not all(present or [True]):
             raise ValueError("images left out of the batch need the feature memo (model.feature_cache)")
@@ -105,12 +121,16 @@ class MMI(nn.Module):
         else:
             feats = self.backbone(image)
         pixels, pos, hw = self.vision(feats)
-        return {"pixels": pixels, "pos": pos, "skip": self.mask_head.project_skip(feats[0]), "hw": hw}
+        out = {"pixels": pixels, "pos": pos, "skip": self.mask_head.project_skip(feats[0]), "hw": hw}
+        if self.refiner is not None:
+            out["low"] = self.refiner.encode(image)
+        return out
 
     def decode(self, feats: dict, words: torch.Tensor, word_mask: torch.Tensor, return_attention: bool = False) -> dict:
         """feats from ``encode_image`` (batch B or 1, broadcast), words (B, T), word_mask (B, T).
 
-        Returns ``{"logits": (B, 1, S/4, S/4)}`` and, when asked, ``"attention"``: one dict
+        Returns ``{"logits": (B, 1, S/4, S/4)}`` ((B, 1, S/2, S/2) with a refiner, the mask
+        head's own then ``coarse_logits``) and, when asked, ``"attention"``: one dict
         per decoder layer with ``lav`` (B, heads, T, H, W) and ``val`` (B, heads, T, H, W).
         """
         out, _ = self._decode(feats, words, word_mask.bool(), self.language(words, word_mask.bool()), return_attention)
@@ -129,18 +149,34 @@ class MMI(nn.Module):
         x, maps = self.decoder(pixels, feats["pos"], lang[0], word_mask, layer_outputs)
         H, W = feats["hw"]
         grid = x.transpose(1, 2).reshape(B, -1, H, W)
-        out = {"logits": self.mask_head(grid, skip, lang[1])}
+        if self.refiner is None:
+            out = {"logits": self.mask_head(grid, skip, lang[1])}
+        else:
+            coarse, hidden = self.mask_head(grid, skip, lang[1], return_hidden=True)
+            out = {"logits": self.refiner(feats["low"], hidden, coarse), "coarse_logits": coarse}
         if return_attention:
             out["attention"] = [{k: v.reshape(*v.shape[:3], H, W) for k, v in m.items()} for m in maps]
         return out, x
+
+    def _mask_loss(self, logits: torch.Tensor, mask: torch.Tensor, out: dict, suffix: str) -> torch.Tensor:
+        """BCE (+ Dice) of logits (B, 1, h, w) against the mask (B, 1, S, S) area-downsampled to
+        h x w, weighted; the terms are logged as ``loss_mask``/``loss_dice`` + suffix."""
+        target = F.interpolate(mask.to(logits.dtype), size=logits.shape[-2:], mode="area").float()
+        out["loss_mask" + suffix] = F.binary_cross_entropy_with_logits(logits.float(), target)
+        loss = self.mask_weight * out["loss_mask" + suffix]
+        if self.dice_weight > 0:
+            out["loss_dice" + suffix] = dice_loss(logits.float(), target)
+            loss = loss + self.dice_weight * out["loss_dice" + suffix]
+        return loss
 
     def forward(self, batch: dict, return_attention: bool = False) -> dict:
         """batch: ``image`` (B, 3, S, S), ``words`` (B, T), ``word_mask`` (B, T) and, in
         training, ``mask`` (B, 1, S, S); optionally ``image_names`` and ``image_present``
         (see :meth:`encode_image`).
 
-        Training mode returns ``loss``, ``loss_mask``, ``loss_lfr`` (when LFR is on) and
-        ``logits``; eval mode returns ``logits`` (B, 1, S/4, S/4) and optionally ``attention``.
+        Training mode returns ``loss``, ``loss_mask``, ``loss_lfr`` (when LFR is on),
+        ``loss_coarse`` (with a refiner, unless ``refine_only``) and ``logits``; eval mode returns
+        ``logits`` (B, 1, S/4, S/4), or S/2 with a refiner, and optionally ``attention``.
         """
         words, word_mask = batch["words"], batch["word_mask"].bool()
         lang = self.language(words, word_mask)
@@ -149,14 +185,12 @@ class MMI(nn.Module):
         out, x = self._decode(feats, words, word_mask, lang, return_attention, layers)
         if not self.training:
             return out
-        logits = out["logits"]
-        target = F.interpolate(batch["mask"].to(logits.dtype), size=logits.shape[-2:], mode="area")
-        loss_mask = F.binary_cross_entropy_with_logits(logits.float(), target.float())
-        out["loss_mask"] = loss_mask
-        loss = self.mask_weight * loss_mask
-        if self.dice_weight > 0:
-            out["loss_dice"] = dice_loss(logits.float(), target.float())
-            loss = loss + self.dice_weight * out["loss_dice"]
+        loss = self._mask_loss(out["logits"], batch["mask"], out, "")
+        if self.refine_only:
+            out["loss"] = loss
+            return out
+        if self.refiner is not None:
+            loss = loss + self._mask_loss(out["coarse_logits"], batch["mask"], out, "_coarse")
         if layers:
             H, W = feats["hw"]
             small = F.interpolate(batch["mask"].float(), size=(H, W), mode="area")

@@ -19,7 +19,9 @@ Settings:
     language_norm (fusion.py, language.py), coord_features (the 8-D spatial map of MCN/VLT
     concatenated to the visual features, vision.py); all four off by default; aux_weight
     (deep supervision of each decoder layer on the stride-16 grid, mmi.py) and skip_fusion
-    (the sentence feature gates the mask head's stride-8 level, mask_head.py), off by default.
+    (the sentence feature gates the mask head's stride-8 level, mask_head.py), off by default;
+    refine_channels (a MaskRefiner of that width corrects the logits at stride 2 from the
+    image, refine.py; 0, the default, has none) and refine_only (train the refiner alone).
 
 Backbone weights: a path loads that file (Darknet ``.weights`` or a PyTorch state dict
 for darknet53; official or torchvision Swin checkpoints for swin_b; a state dict for any);
@@ -57,6 +59,7 @@ from .language import LanguageEncoder
 from .lfr import LanguageReconstruction
 from .mask_head import MaskHead
 from .mmi import MMI
+from .refine import MaskRefiner
 from .vision import VisionEncoder
 
 _COMMON = dict(backbone_options={}, input_norm="imagenet", encoder_layers=2, decoder_layers=2, word_dim=300,
@@ -64,7 +67,7 @@ _COMMON = dict(backbone_options={}, input_norm="imagenet", encoder_layers=2, dec
                lfr_weight=0.1, mask_weight=1.0, dropout=0.1, t_max=15, frozen_backbone=False, backbone_frozen_blocks=0,
                dice_weight=0.0,
                word_gate=False, sentence_fusion=False, language_norm=False, coord_features=False, aux_weight=0.0,
-               skip_fusion=False)
+               skip_fusion=False, refine_channels=0, refine_only=False)
 
 # The value of each setting added after checkpoints were shipped that rebuilds the earlier
 # behaviour; a stored config without the key gets it (build_model_from_config).
@@ -140,6 +143,11 @@ def resolve_config(preset: str, vocab_size: int, **overrides) -> dict:
         raise ValueError(f"unknown input_norm {cfg['input_norm']!r}: use one of {list(INPUT_NORMS)}")
     if not isinstance(cfg["backbone_options"], dict):
         raise ValueError(f"backbone_options must be a dict of backbone builder arguments, got {cfg['backbone_options']!r}")
+    r = cfg["refine_channels"]
+    if not isinstance(r, int) or isinstance(r, bool) or r < 0:
+        raise ValueError(f"refine_channels must be an integer >= 0 (0: no refiner), got {r!r}")
+    if cfg["refine_only"] and not r:
+        raise ValueError("refine_only trains the refiner alone: give it one (refine_channels > 0)")
     w = cfg["backbone_weights"]
     if w == "default" and cfg["backbone"] in NO_DEFAULT_WEIGHTS:
         raise ValueError(f"backbone_weights='default' for {cfg['backbone']}: it has no default weights (it used to mean "
@@ -169,9 +177,11 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     head = MaskHead(dim, backbone.out_channels[0], cfg["head_channels"], skip_fusion=cfg["skip_fusion"])
     lfr = LanguageReconstruction(dim, t_max, target=cfg["lfr_target"]) if cfg["lfr"] else None
     sentence = SentenceFusion(dim, drop) if cfg["sentence_fusion"] else None
+    refiner = MaskRefiner(cfg["head_channels"] // 4, cfg["refine_channels"]) if cfg["refine_channels"] else None
     model = MMI(backbone, vision, language, decoder, head, lfr, cfg["image_size"], t_max,
                 cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], cfg["dice_weight"], config=cfg,
-                sentence_fusion=sentence, aux_weight=cfg["aux_weight"])
+                sentence_fusion=sentence, aux_weight=cfg["aux_weight"], refiner=refiner,
+                refine_only=cfg["refine_only"])
     # what the backbone started from: "random" or {file, sha256, bytes, loaded_as} (log.jsonl, checkpoints, eval JSON)
     model.backbone_weights_record = weights_record(weights, backbone)
     return model

@@ -1,0 +1,93 @@
+"""The boundary refiner (mmi/model/refine.py) and the model's refine switches."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmi.model import build_model
+from mmi.model.refine import MaskRefiner
+
+
+def _batch(B: int = 2, S: int = 64, T: int = 8) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {"image": torch.randn(B, 3, S, S, generator=g), "words": torch.randint(2, 20, (B, T), generator=g),
+            "word_mask": torch.ones(B, T, dtype=torch.bool), "mask": (torch.rand(B, 1, S, S, generator=g) > 0.7).float()}
+
+
+def test_a_new_refiner_is_the_identity_at_stride_2():
+    """Its last conv starts at zero: the refined logits are the mask head's, upsampled to S/2."""
+    torch.manual_seed(0)
+    model = build_model("tiny", 20, refine_channels=8).eval()
+    out = model(_batch())
+    assert out["logits"].shape == (2, 1, 32, 32) and out["coarse_logits"].shape == (2, 1, 16, 16)
+    up = F.interpolate(out["coarse_logits"], size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.equal(out["logits"], up)
+
+
+def test_the_refiner_reads_the_image():
+    """Once trained away from zero, two images with the same coarse logits can refine differently:
+    the correction depends on the stem's view of the image."""
+    torch.manual_seed(0)
+    r = MaskRefiner(hidden_channels=4, channels=8).eval()
+    torch.nn.init.normal_(r.out.weight)
+    hidden, logits = torch.randn(1, 4, 8, 8), torch.randn(1, 1, 8, 8)
+    a = r(r.encode(torch.randn(1, 3, 32, 32)), hidden, logits)
+    b = r(r.encode(torch.randn(1, 3, 32, 32)), hidden, logits)
+    assert a.shape == (1, 1, 16, 16) and not torch.allclose(a, b)
+
+
+def test_one_image_serves_many_expressions():
+    """encode_image once, decode B expressions (the predictor's path) = the batched forward."""
+    torch.manual_seed(0)
+    model = build_model("tiny", 20, refine_channels=8).eval()
+    torch.nn.init.normal_(model.refiner.out.weight, std=0.1)
+    batch = _batch(B=3)
+    batch["image"] = batch["image"][:1].expand(3, -1, -1, -1)
+    with torch.no_grad():
+        whole = model(batch)["logits"]
+        feats = model.encode_image(batch["image"][:1])
+        assert feats["low"].shape == (1, 8, 32, 32)
+        one = model.decode(feats, batch["words"], batch["word_mask"])["logits"]
+    assert torch.allclose(whole, one, atol=1e-5)
+
+
+def test_refine_only_trains_the_refiner_alone():
+    """Only the refiner's weights get gradients and change; the rest of the network, BatchNorm
+    statistics included, stays as it was (it stays in eval mode when the model trains)."""
+    torch.manual_seed(0)
+    model = build_model("tiny", 20, refine_channels=8, refine_only=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    assert model.refiner.training and not model.mask_head.training and not model.decoder.training
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    for _ in range(3):
+        out = model(_batch())
+        assert set(k for k in out if k.startswith("loss")) == {"loss", "loss_mask"}  # no LFR, no coarse term
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    after = model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith("refiner.") for k in changed)
+    assert "refiner.out.weight" in changed and any("running_mean" in k for k in changed)
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("refiner."))
+
+
+def test_training_with_a_refiner_supervises_both_masks():
+    torch.manual_seed(0)
+    model = build_model("tiny", 20, refine_channels=8).train()
+    out = model(_batch())
+    assert {"loss_mask", "loss_mask_coarse", "loss_lfr"} <= set(out)
+    expected = out["loss_mask"] + out["loss_mask_coarse"] + model.lfr_weight * out["loss_lfr"]
+    assert torch.allclose(out["loss"], expected)
+
+
+def test_refine_settings_are_checked():
+    with pytest.raises(ValueError, match="refine_only"):
+        build_model("tiny", 20, refine_only=True)
+    with pytest.raises(ValueError, match="refine_channels"):
+        build_model("tiny", 20, refine_channels=-1)
+    model = build_model("tiny", 20, refine_channels=4).eval()
+    with pytest.raises(ValueError, match="refiner reads the image"):
+        model.encode_image(None, names=["a"], present=[False])
