@@ -11,7 +11,7 @@ safe to share between threads (a web server's workers).
 
 Per expression it returns a :class:`Prediction`:
 
-- ``mask``: (H, W) bool at the original size: the probability map (logits (S/4, S/4) ->
+- ``mask``: (H, W) bool at the original size: the probability map (logits (S/4, S/4), S/2 with a refiner ->
   bilinear to S x S -> sigmoid -> :meth:`Letterbox.inverse`) ``> threshold``, exactly as
   evaluation does; with ``regions="peak"`` (the predictor's, or the call's) only its region
   holding the highest probability (:mod:`mmi.regions`, as ``--eval-only --regions peak``).

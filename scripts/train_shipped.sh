@@ -18,7 +18,9 @@
 #   average        the shipped weights are the mean of stage 1's weights and stage 2's best.pt
 #                  (python -m mmi.engine.checkpoint average): above both on val, where stage 2 alone
 #                  is not (README, "What was compared")
-#   evaluation     scripts/evaluate_shipped.sh: the average to weights/, every split, probes
+#   stage 3 (CPU)  the boundary refiner added to the average and trained alone, 3 epochs on seed-0 train
+#                  (configs/demo_synref_refine.json: everything else fixed, the same memo), ~30 min
+#   evaluation     scripts/evaluate_shipped.sh: stage 3's export to weights/, every split, probes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data}
@@ -63,5 +65,9 @@ SET=(data.root="$DATA" train.feature_cache_file="$CACHE" train.init_from="$INIT"
 $PY train.py --config "$CONFIG2" --resume auto --set "${SET[@]}" output="$OUTDIR/stage2_s0"
 
 mkdir -p "$SOUP"
-$PY -m mmi.engine.checkpoint average "$INIT" "$OUTDIR/stage2_s0/best.pt" --out "$SOUP/mmi.pt"
-bash scripts/evaluate_shipped.sh "$SOUP/mmi.pt" "$DATA"
+[ -f "$SOUP/mmi.pt" ] || $PY -m mmi.engine.checkpoint average "$INIT" "$OUTDIR/stage2_s0/best.pt" --out "$SOUP/mmi.pt"
+
+$PY train.py --config configs/demo_synref_refine.json --resume auto --set data.root="$DATA" \
+  train.feature_cache_file="$CACHE" train.init_from="$SOUP/mmi.pt" output="$OUTDIR/refine"
+$PY train.py --export "$OUTDIR/refine/best.pt" --out "$OUTDIR/refine/mmi.pt"
+bash scripts/evaluate_shipped.sh "$OUTDIR/refine/mmi.pt" "$DATA"

@@ -522,3 +522,36 @@ def test_memo_loader_bench_runs_both_modes_on_a_toy_run(root, tmp_path, capsys):
     assert [r["mode"] for r in rows] == ["content", "name"]
     assert all(r["images"] == r["memo_hits"] > 0 and r["cpu_ms_per_image"] > 0 for r in rows)
     assert "| name |" in capsys.readouterr().out and os.path.getmtime(memo) == before
+
+
+def test_curves_leave_out_a_loss_the_run_does_not_compute(tmp_path):
+    """plot_curves: a run whose LFR loss is logged as 0 throughout (LFR off, or refine_only)
+    gets no LFR line; one with LFR gets it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmi.engine.runlog import plot_curves
+
+    def labels(lfr_values):
+        log = tmp_path / "log.jsonl"
+        log.write_text("".join(json.dumps({"kind": "train", "epoch": 1, "step": i + 1, "loss": 0.5, "loss_mask": 0.4,
+                                           "loss_lfr": v}) + "\n" for i, v in enumerate(lfr_values)))
+        seen = []
+        original = plt.Axes.legend
+
+        def spy(ax, *a, **k):
+            seen.extend(line.get_label() for line in ax.get_lines())
+            return original(ax, *a, **k)
+
+        plt.Axes.legend = spy
+        try:
+            plot_curves(str(log), str(tmp_path / "c.png"))
+        finally:
+            plt.Axes.legend = original
+        assert (tmp_path / "c.png").stat().st_size > 0
+        return seen
+
+    assert labels([0.0, 0.0, 0.0]) == ["loss", "mask BCE"]
+    assert labels([0.3, 0.2, 0.1]) == ["loss", "mask BCE", "LFR"]

@@ -1,6 +1,6 @@
 """Evaluation at the original image resolution: oIoU, mIoU, Prec@X and per-expression records.
 
-Per expression: logits (1, S/4, S/4) -> bilinear upsampling to S x S -> sigmoid (with
+Per expression: logits (1, S/4, S/4) (S/2 with a refiner) -> bilinear upsampling to S x S -> sigmoid (with
 ``mirror``, averaged with the mirrored view's: :mod:`mmi.mirror`) ->
 ``Letterbox.inverse`` (crop the padding, resize to H x W) -> ``> threshold`` -> (with
 ``regions="peak"``, only the region holding the highest probability: :mod:`mmi.regions`) ->

@@ -94,7 +94,8 @@ def plot_curves(log_path: str, out_png: str) -> str:
         ax.plot(steps, [r["loss"] for r in train], label="loss", lw=1)
         if all(isinstance(r.get("loss_mask"), (int, float)) for r in train):
             ax.plot(steps, [r["loss_mask"] for r in train], label="mask BCE", lw=1)
-        if all(isinstance(r.get("loss_lfr"), (int, float)) for r in train):
+        # a run without LFR (lfr off, or refine_only) logs 0: no line for it
+        if all(isinstance(r.get("loss_lfr"), (int, float)) for r in train) and any(r["loss_lfr"] for r in train):
             ax.plot(steps, [r["loss_lfr"] for r in train], label="LFR", lw=1)
         ax.legend()
     ax.set_xlabel("step")
