@@ -91,3 +91,45 @@ def test_refine_settings_are_checked():
     model = build_model("tiny", 20, refine_channels=4).eval()
     with pytest.raises(ValueError, match="refiner reads the image"):
         model.encode_image(None, names=["a"], present=[False])
+
+
+def test_the_cropped_upsampling_equals_the_full_maps():
+    """_up2_crop: the box of a x2 bilinear upsampling, computed from the box (plus a one-cell
+    border) alone, equals the full upsampled map there, at the map's edges too."""
+    from mmi.model.refine import _up2_crop
+
+    x = torch.randn(2, 3, 12, 10, generator=torch.Generator().manual_seed(1))
+    full = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    for y0, y1, x0, x1 in ((3, 7, 2, 5), (0, 4, 0, 10), (8, 12, 6, 10), (0, 12, 0, 10), (5, 6, 9, 10)):
+        assert torch.allclose(_up2_crop(x, y0, y1, x0, x1), full[..., 2 * y0 : 2 * y1, 2 * x0 : 2 * x1], atol=1e-6)
+
+
+def test_the_cropped_refiner_equals_the_full_map_near_the_mask():
+    """Out of training, each expression is refined in the box around its coarse mask: the same
+    logits as the full map's inside the box away from its edge, the upsampled coarse logits
+    outside it, and no correction at all for an expression whose logits are all below ROI_LOGIT."""
+    from mmi.model.refine import ROI_LOGIT
+
+    torch.manual_seed(0)
+    r = MaskRefiner(hidden_channels=4, channels=8).eval()
+    torch.nn.init.normal_(r.out.weight, std=0.1)
+    low = r.encode(torch.randn(1, 3, 64, 64))
+    hidden = torch.randn(3, 4, 16, 16)
+    logits = torch.full((3, 1, 16, 16), -8.0)
+    logits[0, 0, 6:9, 7:10] = 3.0   # an object in the middle
+    logits[1, 0, 0:2, 14:16] = 1.0  # one at the corner
+    with torch.no_grad():
+        r.crop = False
+        full = r(low, hidden, logits)
+        r.crop = True
+        cropped = r(low, hidden, logits)
+    up = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
+    # expression 0: box = cells 2..12 x 3..13 (margin 4) -> stride 2 rows 4..26, cols 6..28;
+    # the blocks reach 4 px, so rows 8..22 and cols 10..24 see no edge of the box
+    assert torch.allclose(cropped[0, :, 8:22, 10:24], full[0, :, 8:22, 10:24], atol=1e-5)
+    assert torch.equal(cropped[0, :, :4], up[0, :, :4]) and torch.equal(cropped[0, :, :, 28:], up[0, :, :, 28:])
+    assert not torch.equal(cropped[0], up[0])
+    # expression 1, at the map's corner: the box reaches the map's edges, where both pad alike
+    assert torch.allclose(cropped[1, :, 0:4, 24:32], full[1, :, 0:4, 24:32], atol=1e-5)
+    # expression 2: nothing above ROI_LOGIT, so no correction
+    assert (logits[2] <= ROI_LOGIT).all() and torch.equal(cropped[2], up[2])

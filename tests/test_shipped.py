@@ -57,6 +57,24 @@ def test_shipped_model_draws_the_same_masks_in_bf16():
     assert n >= 20
 
 
+def test_shipped_refiner_draws_the_same_masks_in_its_boxes_as_on_the_full_map():
+    """The refiner's per-expression box (MaskRefiner.crop, the default out of training) against
+    the full map it was trained on: the same mask, pixel for pixel, for every example expression
+    (on the whole val split too: README, "The shipped checkpoint")."""
+    full = Predictor.from_checkpoint(str(CKPT), cache_size=1)
+    full.model.refiner.crop = False
+    boxed = Predictor.from_checkpoint(str(CKPT), cache_size=1)
+    assert boxed.model.refiner.crop
+    n = 0
+    for ex in json.loads((EXAMPLES / "examples.json").read_text()):
+        image = load_image(str(EXAMPLES / ex["file_name"]))
+        for p, q in zip(full.predict(image, ex["expressions"], attention=False),
+                        boxed.predict(image, ex["expressions"], attention=False)):
+            assert np.array_equal(p.mask, q.mask), p.expression
+            n += 1
+    assert n >= 20
+
+
 def test_shipped_model_beats_the_language_probes_on_unseen_scenes(tmp_path):
     """On a small synthetic set of a seed never used for training, the shipped model scores far
     above what it gets with no words or with another object's expression, higher still with

@@ -12,6 +12,15 @@ refiner reads the image itself at stride 2 and corrects the upsampled logits the
 stride-4 logits, upsampled) and training can only move it from there. The blocks are
 depthwise-separable (a 3x3 depthwise conv, the second dilated by 2, each followed by a 1x1
 conv), so the per-expression cost stays well below the mask head's.
+
+Out of training (``crop``, on by default), each expression's correction is computed only in
+the box of the stride-4 cells whose logit exceeds ``ROI_LOGIT`` (a probability of ~2%), grown
+by ``ROI_MARGIN`` cells; outside it the refined logits are the upsampled ones (no such cell:
+no correction). The box's inputs are exactly the full maps' (the upsampling is cropped
+with a one-cell border), only its convolutions pad at the box's edge, at least 16 px of S
+from any such cell: the far field, where a trained refiner leaves the background as it is.
+An object covers a small part of the canvas, so this costs a fraction of the full map's
+work, and the cost of each added expression stays small (BENCHMARKS.md, "Predictor").
 """
 from __future__ import annotations
 
@@ -35,12 +44,31 @@ class _SeparableBlock(nn.Module):
         return x + self.pw(self.dw(x))
 
 
+ROI_LOGIT = -4.0  # cells above this logit (sigmoid ~0.018) are where a correction may matter
+ROI_MARGIN = 4    # stride-4 cells added around them: 16 px of S, 4x the blocks' reach at stride 2
+
+
+def _up2_crop(x: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+    """``interpolate(x, scale_factor=2, bilinear)[..., 2*y0:2*y1, 2*x0:2*x1]`` without the rest:
+    x (B, C, h, w) cropped to the box plus a one-cell border (what bilinear reads), upsampled,
+    then cut to the box. Equal to the full map's values (tested)."""
+    h, w = x.shape[-2:]
+    ys, xs = max(y0 - 1, 0), max(x0 - 1, 0)
+    part = x[..., ys : min(y1 + 1, h), xs : min(x1 + 1, w)]
+    up = F.interpolate(part, scale_factor=2, mode="bilinear", align_corners=False)
+    oy, ox = 2 * (y0 - ys), 2 * (x0 - xs)
+    return up[..., oy : oy + 2 * (y1 - y0), ox : ox + 2 * (x1 - x0)]
+
+
 class MaskRefiner(nn.Module):
     """Arguments: hidden_channels: channels of the mask head's last features (its
-    ``channels // 4``); channels: c, the width of the stem and of the blocks."""
+    ``channels // 4``); channels: c, the width of the stem and of the blocks.
+    ``crop``: out of training, refine each expression in the box around its coarse mask
+    (module docstring); False computes the full map, as in training."""
 
     def __init__(self, hidden_channels: int, channels: int = 16):
         super().__init__()
+        self.crop = True
         self.stem = nn.Sequential(conv_bn_relu(3, channels, 3, stride=2), conv_bn_relu(channels, channels))
         self.inp = conv_bn_relu(channels + hidden_channels + 1, channels, k=1)
         self.blocks = nn.Sequential(_SeparableBlock(channels, 1), _SeparableBlock(channels, 2))
@@ -56,9 +84,30 @@ class MaskRefiner(nn.Module):
         """low (B or 1, c, S/2, S/2) from :meth:`encode`; hidden (B, h, S/4, S/4) and logits
         (B, 1, S/4, S/4) from the mask head -> refined logits (B, 1, S/2, S/2)."""
         size = low.shape[-2:]
+        if tuple(size) != (2 * logits.shape[-2], 2 * logits.shape[-1]):
+            raise ValueError(f"the refiner's image features {tuple(size)} are not twice the logits' "
+                             f"{tuple(logits.shape[-2:])}")
         up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        h = F.interpolate(hidden, size=size, mode="bilinear", align_corners=False)
         if low.shape[0] != up.shape[0]:
             low = low.expand(up.shape[0], -1, -1, -1)
+        if self.training or not self.crop:
+            h = F.interpolate(hidden, size=size, mode="bilinear", align_corners=False)
+            return up + self._correction(low, h, up)
+        out = up.clone()
+        for b in range(up.shape[0]):
+            cells = (logits[b, 0] > ROI_LOGIT).nonzero()
+            if not len(cells):
+                continue
+            (y0, x0), (y1, x1) = cells.min(0).values.tolist(), cells.max(0).values.tolist()
+            H, W = logits.shape[-2:]
+            y0, x0 = max(y0 - ROI_MARGIN, 0), max(x0 - ROI_MARGIN, 0)
+            y1, x1 = min(y1 + 1 + ROI_MARGIN, H), min(x1 + 1 + ROI_MARGIN, W)
+            box = (slice(b, b + 1), slice(None), slice(2 * y0, 2 * y1), slice(2 * x0, 2 * x1))
+            h = _up2_crop(hidden[b : b + 1], y0, y1, x0, x1)
+            out[box] = up[box] + self._correction(low[box], h, up[box])
+        return out
+
+    def _correction(self, low: torch.Tensor, h: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """low, h, up on the same stride-2 window -> the correction to ``up`` there."""
         x = self.inp(torch.cat([low.to(h.dtype), h, up.to(h.dtype)], dim=1))
-        return up + self.out(self.blocks(x)).to(up.dtype)
+        return self.out(self.blocks(x)).to(up.dtype)
