@@ -175,7 +175,7 @@ class MMI(nn.Module):
         (see :meth:`encode_image`).
 
         Training mode returns ``loss``, ``loss_mask``, ``loss_lfr`` (when LFR is on),
-        ``loss_coarse`` (with a refiner, unless ``refine_only``) and ``logits``; eval mode returns
+        ``loss_mask_coarse`` (with a refiner, unless ``refine_only``) and ``logits``; eval mode returns
         ``logits`` (B, 1, S/4, S/4), or S/2 with a refiner, and optionally ``attention``.
         """
         words, word_mask = batch["words"], batch["word_mask"].bool()

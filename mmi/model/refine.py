@@ -30,6 +30,9 @@ import torch.nn.functional as F
 
 from .mask_head import conv_bn_relu
 
+ROI_LOGIT = -4.0  # cells above this logit (sigmoid ~0.018) are where a correction may matter
+ROI_MARGIN = 4    # stride-4 cells added around them: 16 px of S, twice the refiner's reach (8 px of S)
+
 
 class _SeparableBlock(nn.Module):
     """x + pw(dw(x)): a 3x3 depthwise conv (dilation ``d``) and a 1x1 conv, each BN-ReLU."""
@@ -42,10 +45,6 @@ class _SeparableBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.pw(self.dw(x))
-
-
-ROI_LOGIT = -4.0  # cells above this logit (sigmoid ~0.018) are where a correction may matter
-ROI_MARGIN = 4    # stride-4 cells added around them: 16 px of S, 4x the blocks' reach at stride 2
 
 
 def _up2_crop(x: torch.Tensor, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
