@@ -89,6 +89,8 @@ def test_refine_settings_are_checked():
     with pytest.raises(ValueError, match="refine_channels"):
         build_model("tiny", 20, refine_channels=-1)
     model = build_model("tiny", 20, refine_channels=4).eval()
+    # the trainer's memo keyed by name skips loading images: not for a model that reads them
+    assert model.reads_images and not build_model("tiny", 20).reads_images
     with pytest.raises(ValueError, match="refiner reads the image"):
         model.encode_image(None, names=["a"], present=[False])
 

@@ -366,8 +366,8 @@ class Trainer:
         their start part of it); otherwise one loader per epoch."""
         self.train_ds.set_epoch(epoch)
         cache = self.model.feature_cache
-        # the refiner reads every image: a memo keyed by name would leave them out of the batch
-        by_name = cache is not None and self.cfg["train"]["cache_by_name"] and self.model.refiner is None
+        # a model that reads every image (a refiner) cannot have the memo leave them out of the batch
+        by_name = cache is not None and self.cfg["train"]["cache_by_name"] and not self.model.reads_images
         if by_name:  # workers copy the dataset when the iterator starts: the names memoised so far
             self.train_ds.memo_names = cache.names()
         bs = int(self.cfg["data"]["batch_size"])

@@ -81,6 +81,12 @@ class MMI(nn.Module):
                     child.eval()
         return self
 
+    @property
+    def reads_images(self) -> bool:
+        """Whether every image of a batch must be loaded even when a feature memo holds its
+        backbone outputs (the refiner's stem reads the image itself)."""
+        return self.refiner is not None
+
     def memoised_part(self) -> nn.Module | None:
         """The part of the backbone whose outputs never change in training, for a FeatureCache:
         the whole backbone when frozen, its fixed first blocks when only those are
@@ -108,7 +114,7 @@ class MMI(nn.Module):
         With a ``feature_cache``, ``names`` and ``present`` (B each, a training batch whose
         loader skipped the images the memo holds, ``data.collate``), ``image`` holds only the
         present rows (None when none are)."""
-        if self.refiner is not None and (image is None or (present is not None and not all(present))):
+        if self.reads_images and (image is None or (present is not None and not all(present))):
             raise ValueError("the refiner reads the image itself: every image of the batch must be loaded "
                              "(a feature memo keyed by image name leaves them out)")
         part = self.memoised_part() if self.feature_cache is not None else None
