@@ -18,7 +18,8 @@
 #   average        the shipped weights are the mean of stage 1's weights and stage 2's best.pt
 #                  (python -m mmi.engine.checkpoint average): above both on val, where stage 2 alone
 #                  is not (README, "What was compared")
-#   stage 3 (CPU)  the boundary refiner added to the average and trained alone, 3 epochs on seed-0 train
+#   stage 3 (CPU)  the boundary refiner (with its context inputs: how far below the coarse map's peak, the
+#                  peak's region) added to the average and trained alone, 3 epochs on seed-0 train
 #                  (configs/demo_synref_refine.json: everything else fixed, the same memo), ~30 min
 #   evaluation     scripts/evaluate_shipped.sh: stage 3's export to weights/, every split, probes
 set -euo pipefail

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmi.model import build_model
+from mmi.model import build_model, build_model_from_config
 from mmi.model.refine import MaskRefiner
 
 
@@ -37,10 +37,11 @@ def test_the_refiner_reads_the_image():
     assert a.shape == (1, 1, 16, 16) and not torch.allclose(a, b)
 
 
-def test_one_image_serves_many_expressions():
+@pytest.mark.parametrize("context", [False, True])
+def test_one_image_serves_many_expressions(context):
     """encode_image once, decode B expressions (the predictor's path) = the batched forward."""
     torch.manual_seed(0)
-    model = build_model("tiny", 20, refine_channels=8).eval()
+    model = build_model("tiny", 20, refine_channels=8, refine_context=context).eval()
     torch.nn.init.normal_(model.refiner.out.weight, std=0.1)
     batch = _batch(B=3)
     batch["image"] = batch["image"][:1].expand(3, -1, -1, -1)
@@ -52,11 +53,12 @@ def test_one_image_serves_many_expressions():
     assert torch.allclose(whole, one, atol=1e-5)
 
 
-def test_refine_only_trains_the_refiner_alone():
+@pytest.mark.parametrize("context", [False, True])
+def test_refine_only_trains_the_refiner_alone(context):
     """Only the refiner's weights get gradients and change; the rest of the network, BatchNorm
     statistics included, stays as it was (it stays in eval mode when the model trains)."""
     torch.manual_seed(0)
-    model = build_model("tiny", 20, refine_channels=8, refine_only=True)
+    model = build_model("tiny", 20, refine_channels=8, refine_only=True, refine_context=context)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.train()
     assert model.refiner.training and not model.mask_head.training and not model.decoder.training
@@ -135,3 +137,61 @@ def test_the_cropped_refiner_equals_the_full_map_near_the_mask():
     assert torch.allclose(cropped[1, :, 0:4, 24:32], full[1, :, 0:4, 24:32], atol=1e-5)
     # expression 2: nothing above ROI_LOGIT, so no correction
     assert (logits[2] <= ROI_LOGIT).all() and torch.equal(cropped[2], up[2])
+
+
+def test_the_context_inputs_name_the_peak_region_and_the_distance_below_it():
+    """refine_context: rel is 0 at the map's peak, -1 at or below REL_FLOOR under it; peak marks
+    the 8-connected region above 0 that holds the highest logit (not a weaker look-alike), at
+    stride 2; an expression with nothing above 0 has no peak region."""
+    from mmi.model.refine import REL_FLOOR
+
+    logits = torch.full((2, 1, 8, 8), -20.0)
+    logits[0, 0, 1:3, 1:3] = 2.0   # a weaker look-alike
+    logits[0, 0, 5:7, 4:7] = 5.0   # the peak's region
+    logits[0, 0, 6, 6] = 6.0
+    logits[1, 0, 3, 3] = -1.0      # nothing above 0
+    up = F.interpolate(logits, size=(16, 16), mode="bilinear", align_corners=False)
+    ctx = MaskRefiner._context(logits, up)
+    assert ctx.shape == (2, 2, 16, 16) and not ctx.requires_grad
+    rel, peak = ctx[:, 0], ctx[:, 1]
+    assert torch.allclose(rel, ((up[:, 0] - logits.flatten(1).amax(1).view(2, 1, 1)).clamp(min=-REL_FLOOR)) / REL_FLOOR)
+    assert rel.max() <= 0 and rel.min() == -1
+    expected = torch.zeros(8, 8)
+    expected[5:7, 4:7] = 1
+    assert torch.equal(peak[0], expected.repeat_interleave(2, 0).repeat_interleave(2, 1))
+    assert peak[1].sum() == 0
+
+
+def test_a_context_refiner_crops_as_its_full_map_and_its_inputs_matter():
+    """With refine_context, the box gives the full map's logits near the mask (the context is
+    read from the whole coarse map before the crop), and the added inputs change the
+    correction: a look-alike outside the peak's region is refined differently."""
+    torch.manual_seed(0)
+    r = MaskRefiner(hidden_channels=4, channels=8, context=True).eval()
+    torch.nn.init.normal_(r.out.weight, std=0.1)
+    low = r.encode(torch.randn(1, 3, 64, 64))
+    hidden = torch.zeros(1, 4, 16, 16).expand(2, -1, -1, -1)
+    logits = torch.full((2, 1, 16, 16), -8.0)
+    logits[:, 0, 6:9, 7:10] = 3.0
+    logits[0, 0, 7, 8] = 5.0        # expression 0: this object is the peak
+    logits[1, 0, 12:14, 2:4] = 6.0  # expression 1: another object is, and this one is a look-alike
+    with torch.no_grad():
+        r.crop = False
+        full = r(low, hidden, logits)
+        r.crop = True
+        cropped = r(low, hidden, logits)
+    assert torch.allclose(cropped[0, :, 8:22, 10:24], full[0, :, 8:22, 10:24], atol=1e-5)
+    inside = (slice(None), slice(14, 16), slice(16, 18))  # a pixel of the shared object away from the peak cell
+    assert not torch.allclose(full[0][inside], full[1][inside], atol=1e-3)
+
+
+def test_refine_context_needs_a_refiner_and_a_checkpoint_without_it_builds_none():
+    with pytest.raises(ValueError, match="refine_context is an input of the refiner"):
+        build_model("tiny", 20, refine_context=True)
+    with pytest.raises(ValueError, match="refine_context must be true or false"):
+        build_model("tiny", 20, refine_channels=8, refine_context="yes")
+    model = build_model("tiny", 20, refine_channels=8, refine_context=True)
+    assert model.refiner.context and model.refiner.inp[0].in_channels == 8 + 32 // 4 + 1 + 2
+    stored = dict(build_model("tiny", 20, refine_channels=8).config)
+    stored.pop("refine_context")
+    assert not build_model_from_config(stored).refiner.context

@@ -734,7 +734,7 @@ def test_train_shipped_recipe_is_valid_and_starts_from_the_committed_stage_1():
     stage2 = load_config(str(ROOT / "configs" / "demo_synref_stage2.json"), [])
     stage3 = load_config(str(ROOT / "configs" / "demo_synref_refine.json"), [])
     extra = {k: v for k, v in stage3["model"]["overrides"].items() if stage2["model"]["overrides"].get(k) != v}
-    assert extra == {"refine_channels": 16, "refine_only": True}
+    assert extra == {"refine_channels": 16, "refine_only": True, "refine_context": True}
     assert stage3["train"]["feature_cache_file"] == stage2["train"]["feature_cache_file"]
     assert 'train.init_from="$SOUP/mmi.pt" output="$OUTDIR/refine"' in text
     assert 'evaluate_shipped.sh "$OUTDIR/refine/mmi.pt"' in text

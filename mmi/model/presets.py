@@ -21,7 +21,9 @@ Settings:
     (deep supervision of each decoder layer on the stride-16 grid, mmi.py) and skip_fusion
     (the sentence feature gates the mask head's stride-8 level, mask_head.py), off by default;
     refine_channels (a MaskRefiner of that width corrects the logits at stride 2 from the
-    image, refine.py; 0, the default, has none) and refine_only (train the refiner alone).
+    image, refine.py; 0, the default, has none), refine_only (train the refiner alone) and
+    refine_context (the refiner also reads how far each pixel is below the coarse map's peak
+    and the peak's region, refine.py; off by default).
 
 Backbone weights: a path loads that file (Darknet ``.weights`` or a PyTorch state dict
 for darknet53; official or torchvision Swin checkpoints for swin_b; a state dict for any);
@@ -67,7 +69,7 @@ _COMMON = dict(backbone_options={}, input_norm="imagenet", encoder_layers=2, dec
                lfr_weight=0.1, mask_weight=1.0, dropout=0.1, t_max=15, frozen_backbone=False, backbone_frozen_blocks=0,
                dice_weight=0.0,
                word_gate=False, sentence_fusion=False, language_norm=False, coord_features=False, aux_weight=0.0,
-               skip_fusion=False, refine_channels=0, refine_only=False)
+               skip_fusion=False, refine_channels=0, refine_only=False, refine_context=False)
 
 # The value of each setting added after checkpoints were shipped that rebuilds the earlier
 # behaviour; a stored config without the key gets it (build_model_from_config).
@@ -148,6 +150,10 @@ def resolve_config(preset: str, vocab_size: int, **overrides) -> dict:
         raise ValueError(f"refine_channels must be an integer >= 0 (0: no refiner), got {r!r}")
     if cfg["refine_only"] and not r:
         raise ValueError("refine_only trains the refiner alone: give it one (refine_channels > 0)")
+    if cfg["refine_context"] not in (True, False):
+        raise ValueError(f"refine_context must be true or false, got {cfg['refine_context']!r}")
+    if cfg["refine_context"] and not r:
+        raise ValueError("refine_context is an input of the refiner: give it one (refine_channels > 0)")
     w = cfg["backbone_weights"]
     if w == "default" and cfg["backbone"] in NO_DEFAULT_WEIGHTS:
         raise ValueError(f"backbone_weights='default' for {cfg['backbone']}: it has no default weights (it used to mean "
@@ -177,7 +183,7 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     head = MaskHead(dim, backbone.out_channels[0], cfg["head_channels"], skip_fusion=cfg["skip_fusion"])
     lfr = LanguageReconstruction(dim, t_max, target=cfg["lfr_target"]) if cfg["lfr"] else None
     sentence = SentenceFusion(dim, drop) if cfg["sentence_fusion"] else None
-    refiner = MaskRefiner(cfg["head_channels"] // 4, cfg["refine_channels"]) if cfg["refine_channels"] else None
+    refiner = MaskRefiner(cfg["head_channels"] // 4, cfg["refine_channels"], cfg["refine_context"]) if cfg["refine_channels"] else None
     model = MMI(backbone, vision, language, decoder, head, lfr, cfg["image_size"], t_max,
                 cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], cfg["dice_weight"], config=cfg,
                 sentence_fusion=sentence, aux_weight=cfg["aux_weight"], refiner=refiner,

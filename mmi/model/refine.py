@@ -21,17 +21,31 @@ with a one-cell border), only its convolutions pad at the box's edge, at least 1
 from any such cell: the far field, where a trained refiner leaves the background as it is.
 An object covers a small part of the canvas, so this costs a fraction of the full map's
 work, and the cost of each added expression stays small (BENCHMARKS.md, "Predictor").
+
+``context`` (``refine_context``, off by default) gives the refiner two more inputs, both read
+from the whole coarse map of the expression and not differentiated:
+
+    rel  = max(up - max(logits), -REL_FLOOR) / REL_FLOOR     how far below the map's peak
+    peak = the 8-connected region of logits > 0 that holds the peak, at stride 4, repeated 2x
+
+Its own receptive field is local (8 px of S), so alone it cannot tell the object asked for from
+a look-alike elsewhere; with these it can learn when a second region (a weaker look-alike, a
+stray fragment) is to be dropped and when it is part of the answer, which the hard rule of
+``regions="peak"`` (mmi/regions.py) cannot.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..regions import keep_regions
 from .mask_head import conv_bn_relu
 
 ROI_LOGIT = -4.0  # cells above this logit (sigmoid ~0.018) are where a correction may matter
 ROI_MARGIN = 4    # stride-4 cells added around them: 16 px of S, twice the refiner's reach (8 px of S)
+REL_FLOOR = 8.0   # ``context``: logits this far below the map's peak all read as -1
 
 
 class _SeparableBlock(nn.Module):
@@ -63,13 +77,15 @@ class MaskRefiner(nn.Module):
     """Arguments: hidden_channels: channels of the mask head's last features (its
     ``channels // 4``); channels: c, the width of the stem and of the blocks.
     ``crop``: out of training, refine each expression in the box around its coarse mask
-    (module docstring); False computes the full map, as in training."""
+    (module docstring); False computes the full map, as in training. ``context``: the two
+    inputs read from the whole coarse map (module docstring)."""
 
-    def __init__(self, hidden_channels: int, channels: int = 16):
+    def __init__(self, hidden_channels: int, channels: int = 16, context: bool = False):
         super().__init__()
         self.crop = True
+        self.context = bool(context)
         self.stem = nn.Sequential(conv_bn_relu(3, channels, 3, stride=2), conv_bn_relu(channels, channels))
-        self.inp = conv_bn_relu(channels + hidden_channels + 1, channels, k=1)
+        self.inp = conv_bn_relu(channels + hidden_channels + 1 + 2 * self.context, channels, k=1)
         self.blocks = nn.Sequential(_SeparableBlock(channels, 1), _SeparableBlock(channels, 2))
         self.out = nn.Conv2d(channels, 1, 3, padding=1)
         nn.init.zeros_(self.out.weight)
@@ -89,9 +105,10 @@ class MaskRefiner(nn.Module):
         up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         if low.shape[0] != up.shape[0]:
             low = low.expand(up.shape[0], -1, -1, -1)
+        ctx = self._context(logits, up) if self.context else None
         if self.training or not self.crop:
             h = F.interpolate(hidden, size=size, mode="bilinear", align_corners=False)
-            return up + self._correction(low, h, up)
+            return up + self._correction(low, h, up, ctx)
         out = up.clone()
         for b in range(up.shape[0]):
             cells = (logits[b, 0] > ROI_LOGIT).nonzero()
@@ -103,10 +120,24 @@ class MaskRefiner(nn.Module):
             y1, x1 = min(y1 + 1 + ROI_MARGIN, H), min(x1 + 1 + ROI_MARGIN, W)
             box = (slice(b, b + 1), slice(None), slice(2 * y0, 2 * y1), slice(2 * x0, 2 * x1))
             h = _up2_crop(hidden[b : b + 1], y0, y1, x0, x1)
-            out[box] = up[box] + self._correction(low[box], h, up[box])
+            out[box] = up[box] + self._correction(low[box], h, up[box], None if ctx is None else ctx[box])
         return out
 
-    def _correction(self, low: torch.Tensor, h: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        """low, h, up on the same stride-2 window -> the correction to ``up`` there."""
-        x = self.inp(torch.cat([low.to(h.dtype), h, up.to(h.dtype)], dim=1))
+    @staticmethod
+    def _context(logits: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """logits (B, 1, h, w), up (B, 1, 2h, 2w) -> [rel, peak] (B, 2, 2h, 2w), no gradient
+        (module docstring). The peak region is labelled on the CPU (cv2), as regions.py does."""
+        with torch.no_grad():
+            top = logits.detach().flatten(1).amax(1).view(-1, 1, 1, 1)
+            rel = ((up.detach() - top).clamp(min=-REL_FLOOR) / REL_FLOOR).float()
+            coarse = logits.detach()[:, 0].float().cpu().numpy()
+            peak = np.stack([keep_regions(c > 0, c, "peak") for c in coarse]).astype(np.float32)
+            peak = torch.from_numpy(peak).to(up.device)[:, None].repeat_interleave(2, 2).repeat_interleave(2, 3)
+        return torch.cat([rel, peak], dim=1)
+
+    def _correction(self, low: torch.Tensor, h: torch.Tensor, up: torch.Tensor,
+                    ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """low, h, up (and ``context``'s ctx) on the same stride-2 window -> the correction to ``up`` there."""
+        parts = [low.to(h.dtype), h, up.to(h.dtype)] + ([] if ctx is None else [ctx.to(h.dtype)])
+        x = self.inp(torch.cat(parts, dim=1))
         return self.out(self.blocks(x)).to(up.dtype)
