@@ -738,3 +738,55 @@ def test_train_shipped_recipe_is_valid_and_starts_from_the_committed_stage_1():
     assert stage3["train"]["feature_cache_file"] == stage2["train"]["feature_cache_file"]
     assert 'train.init_from="$SOUP/mmi.pt" output="$OUTDIR/refine"' in text
     assert 'evaluate_shipped.sh "$OUTDIR/refine/mmi.pt"' in text
+
+
+def test_check_refine_box_compares_every_mask_of_a_split(tmp_path):
+    """scripts/check_refine_box.py evaluates a refiner's checkpoint with and without its box and
+    counts the masks that differ: none for a model whose boxes cover its whole map, every
+    expression counted; a model without a refiner is refused."""
+    import torch
+
+    from mmi.data.synthetic.__main__ import main as generate
+    from mmi.engine.checkpoint import save_inference
+    from mmi.model import build_model
+    from mmi.text import Vocabulary
+
+    assert generate(["--out", str(tmp_path / "data"), "--images", "12", "--seed", "5", "--workers", "1",
+                     "--quiet"]) == 0
+    vocab = Vocabulary.from_sentences(["the leftmost red circle", "the second square from the top"])
+    torch.manual_seed(0)
+    model = build_model("tiny", len(vocab), refine_channels=8, refine_context=True)
+    torch.nn.init.normal_(model.refiner.out.weight, std=0.5)
+    ckpt, plain = str(tmp_path / "refined.pt"), str(tmp_path / "plain.pt")
+    save_inference(ckpt, model, vocab, meta={"dataset": "fixture", "epoch": 0})
+    save_inference(plain, build_model("tiny", len(vocab)), vocab, meta={"dataset": "fixture", "epoch": 0})
+    script = load_script("check_refine_box")
+    out = tmp_path / "box.json"
+    assert script.main([ckpt, str(tmp_path / "data"), "--batch-size", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["count"] > 0 and result["differ"] == 0 and result["differing_records"] == []
+    assert result["box_totals"] == result["full_totals"]
+    with pytest.raises(SystemExit, match="has no refiner"):
+        script.main([plain, str(tmp_path / "data")])
+
+
+@pytest.mark.parametrize("zero, kept", [("peak", 0), ("rel", 1)])
+def test_ablate_refine_context_holds_one_input_at_zero_and_passes_the_rest_to_train(monkeypatch, zero, kept):
+    import torch
+
+    import train
+    from mmi.model.refine import MaskRefiner
+
+    monkeypatch.setattr(MaskRefiner, "_context", MaskRefiner._context)  # restored after the test
+    seen = {}
+    monkeypatch.setattr(train, "main", lambda argv: seen.setdefault("argv", argv) and 7)
+    script = load_script("ablate_refine_context")
+    assert script.main(["--zero", zero, "--", "--config", "c.json", "--set", "x=1"]) == 7
+    assert seen["argv"] == ["--config", "c.json", "--set", "x=1"]
+    logits = torch.full((1, 1, 4, 4), -5.0)
+    logits[0, 0, 1, 1] = 3.0
+    up = torch.nn.functional.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
+    ctx = MaskRefiner._context(logits, up)
+    assert (ctx[:, 1 - kept] == 0).all() and (ctx[:, kept] != 0).any()
+    with pytest.raises(SystemExit):
+        script.main(["--zero", zero])
