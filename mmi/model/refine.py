@@ -23,7 +23,7 @@ An object covers a small part of the canvas, so this costs a fraction of the ful
 work, and the cost of each added expression stays small (BENCHMARKS.md, "Predictor").
 
 ``context`` (``refine_context``, off by default) gives the refiner two more inputs, both read
-from the whole coarse map of the expression and not differentiated:
+from the whole coarse map of the expression (before any box is cut) and not differentiated:
 
     rel  = max(up - max(logits), -REL_FLOOR) / REL_FLOOR     how far below the map's peak
     peak = the 8-connected region of logits > 0 that holds the peak, at stride 4, repeated 2x
@@ -31,7 +31,11 @@ from the whole coarse map of the expression and not differentiated:
 Its own receptive field is local (8 px of S), so alone it cannot tell the object asked for from
 a look-alike elsewhere; with these it can learn when a second region (a weaker look-alike, a
 stray fragment) is to be dropped and when it is part of the answer, which the hard rule of
-``regions="peak"`` (mmi/regions.py) cannot.
+``regions="peak"`` (mmi/regions.py) cannot. It also learns to raise the region around the
+peak of an unsure map (every logit below 0) into a mask, so with ``context`` the box holds
+the cells above ``ROI_LOGIT`` or within ``REL_FLOOR`` of the map's highest logit, whichever
+is more: every cell whose ``rel`` is not clipped (on val, the absolute rule alone changed 45
+of 5,235 masks against the full map's, most of them such unsure maps).
 """
 from __future__ import annotations
 
@@ -111,7 +115,8 @@ class MaskRefiner(nn.Module):
             return up + self._correction(low, h, up, ctx)
         out = up.clone()
         for b in range(up.shape[0]):
-            cells = (logits[b, 0] > ROI_LOGIT).nonzero()
+            floor = ROI_LOGIT if ctx is None else min(ROI_LOGIT, logits[b, 0].max().item() - REL_FLOOR)
+            cells = (logits[b, 0] > floor).nonzero()
             if not len(cells):
                 continue
             (y0, x0), (y1, x1) = cells.min(0).values.tolist(), cells.max(0).values.tolist()
