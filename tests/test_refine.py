@@ -15,6 +15,15 @@ def _batch(B: int = 2, S: int = 64, T: int = 8) -> dict:
             "word_mask": torch.ones(B, T, dtype=torch.bool), "mask": (torch.rand(B, 1, S, S, generator=g) > 0.7).float()}
 
 
+def _full_and_boxed(r: MaskRefiner, low, hidden, logits) -> tuple[torch.Tensor, torch.Tensor]:
+    """The refiner's logits on the whole map (as in training) and in each expression's box."""
+    with torch.no_grad():
+        r.crop = False
+        full = r(low, hidden, logits)
+        r.crop = True
+        return full, r(low, hidden, logits)
+
+
 def test_a_new_refiner_is_the_identity_at_stride_2():
     """Its last conv starts at zero: the refined logits are the mask head's, upsampled to S/2."""
     torch.manual_seed(0)
@@ -122,11 +131,7 @@ def test_the_cropped_refiner_equals_the_full_map_near_the_mask():
     logits = torch.full((3, 1, 16, 16), -8.0)
     logits[0, 0, 6:9, 7:10] = 3.0   # an object in the middle
     logits[1, 0, 0:2, 14:16] = 1.0  # one at the corner
-    with torch.no_grad():
-        r.crop = False
-        full = r(low, hidden, logits)
-        r.crop = True
-        cropped = r(low, hidden, logits)
+    full, cropped = _full_and_boxed(r, low, hidden, logits)
     up = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
     # expression 0: box = cells 2..12 x 3..13 (margin 4) -> stride 2 rows 4..26, cols 6..28;
     # the blocks reach 4 px, so rows 8..22 and cols 10..24 see no edge of the box
@@ -175,11 +180,7 @@ def test_a_context_refiner_crops_as_its_full_map_and_its_inputs_matter():
     logits[:, 0, 6:9, 7:10] = 3.0
     logits[0, 0, 7, 8] = 5.0        # expression 0: this object is the peak
     logits[1, 0, 12:14, 2:4] = 6.0  # expression 1: another object is, and this one is a look-alike
-    with torch.no_grad():
-        r.crop = False
-        full = r(low, hidden, logits)
-        r.crop = True
-        cropped = r(low, hidden, logits)
+    full, cropped = _full_and_boxed(r, low, hidden, logits)
     assert torch.allclose(cropped[0, :, 8:22, 10:24], full[0, :, 8:22, 10:24], atol=1e-5)
     inside = (slice(None), slice(14, 16), slice(16, 18))  # a pixel of the shared object away from the peak cell
     assert not torch.allclose(full[0][inside], full[1][inside], atol=1e-3)
@@ -211,11 +212,7 @@ def test_a_context_refiner_boxes_an_unsure_map_around_its_peak():
     logits = torch.full((1, 1, 16, 16), -20.0)
     logits[0, 0, 6:9, 7:10] = -6.0  # unsure: below ROI_LOGIT everywhere
     assert logits.max() < ROI_LOGIT and logits.max() - REL_FLOOR > -20.0
-    with torch.no_grad():
-        r.crop = False
-        full = r(low, hidden, logits)
-        r.crop = True
-        cropped = r(low, hidden, logits)
+    full, cropped = _full_and_boxed(r, low, hidden, logits)
     up = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
     assert torch.allclose(cropped[0, :, 8:22, 10:24], full[0, :, 8:22, 10:24], atol=1e-5)
     assert not torch.equal(cropped[0, :, 8:22, 10:24], up[0, :, 8:22, 10:24])
