@@ -154,11 +154,11 @@ def test_shipped_checkpoint_outputs_are_pinned():
 
 # recorded from weights/mmi_demo.pt when it was shipped with its refiner and the refiner's context
 # inputs (refine_context), 2026-11-27 evening (OMP_NUM_THREADS=1); the refiner works in each
-# expression's box (MaskRefiner.crop): expression 1's box is the whole map; expression 0 is unsure
-# (its highest coarse logit is -9.9), so its box holds the cells within REL_FLOOR of that
-RECORDED = {"mean": -7.6429548263549805, "std": 3.6279280185699463,
-            "logits": [((0, 20, 40), -8.723119735717773), ((1, 80, 10), -7.9806928634643555),
-                       ((1, 127, 127), -6.970694065093994), ((0, 64, 64), -13.750726699829102),
+# expression's box (MaskRefiner.crop): expression 1's box is the whole map, expression 0 has none
+# (its logits are the upsampled coarse ones)
+RECORDED = {"mean": -9.146985054016113, "std": 4.778083324432373,
+            "logits": [((0, 20, 40), -12.633234024047852), ((1, 80, 10), -7.9806928634643555),
+                       ((1, 127, 127), -6.970694065093994), ((0, 64, 64), -13.896568298339844),
                        ((1, 70, 50), -2.264206886291504)]}
 # the mask head's own logits: recorded from the checkpoint shipped before the refiner (2026-11-27
 # morning); stage 3 trains the refiner alone, so they, and the attention maps, are unchanged
