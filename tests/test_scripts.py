@@ -740,10 +740,11 @@ def test_train_shipped_recipe_is_valid_and_starts_from_the_committed_stage_1():
     assert 'evaluate_shipped.sh "$OUTDIR/refine/mmi.pt"' in text
 
 
-def test_check_refine_box_compares_every_mask_of_a_split(tmp_path):
+def test_check_refine_box_compares_every_mask_of_a_split(tmp_path, monkeypatch):
     """scripts/check_refine_box.py evaluates a refiner's checkpoint with and without its box and
     counts the masks that differ: none for a model whose boxes cover its whole map, every
-    expression counted; a model without a refiner is refused."""
+    expression counted; some, and exit code 1, when the boxes are empty; a model without a
+    refiner is refused."""
     import torch
 
     from mmi.data.synthetic.__main__ import main as generate
@@ -766,6 +767,11 @@ def test_check_refine_box_compares_every_mask_of_a_split(tmp_path):
     result = json.loads(out.read_text())
     assert result["count"] > 0 and result["differ"] == 0 and result["differing_records"] == []
     assert result["box_totals"] == result["full_totals"]
+    # no cell above the box's threshold: every box is empty, the masks are the coarse ones, and they differ
+    monkeypatch.setattr("mmi.model.refine.ROI_LOGIT", 1e9)
+    assert script.main([ckpt, str(tmp_path / "data"), "--batch-size", "4", "--out", str(out)]) == 1
+    result = json.loads(out.read_text())
+    assert result["differ"] > 0 and len(result["differing_records"]) == result["differ"]
     with pytest.raises(SystemExit, match="has no refiner"):
         script.main([plain, str(tmp_path / "data")])
 

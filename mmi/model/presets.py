@@ -183,7 +183,8 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     head = MaskHead(dim, backbone.out_channels[0], cfg["head_channels"], skip_fusion=cfg["skip_fusion"])
     lfr = LanguageReconstruction(dim, t_max, target=cfg["lfr_target"]) if cfg["lfr"] else None
     sentence = SentenceFusion(dim, drop) if cfg["sentence_fusion"] else None
-    refiner = MaskRefiner(cfg["head_channels"] // 4, cfg["refine_channels"], cfg["refine_context"]) if cfg["refine_channels"] else None
+    refiner = (MaskRefiner(cfg["head_channels"] // 4, cfg["refine_channels"], cfg["refine_context"])
+               if cfg["refine_channels"] else None)
     model = MMI(backbone, vision, language, decoder, head, lfr, cfg["image_size"], t_max,
                 cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], cfg["dice_weight"], config=cfg,
                 sentence_fusion=sentence, aux_weight=cfg["aux_weight"], refiner=refiner,

@@ -134,9 +134,9 @@ class MaskRefiner(nn.Module):
         """logits (B, 1, h, w), up (B, 1, 2h, 2w) -> [rel, peak] (B, 2, 2h, 2w), no gradient
         (module docstring). The peak region is labelled on the CPU (cv2), as regions.py does."""
         with torch.no_grad():
-            top = logits.detach().flatten(1).amax(1).view(-1, 1, 1, 1)
-            rel = ((up.detach() - top).clamp(min=-REL_FLOOR) / REL_FLOOR).float()
-            coarse = logits.detach()[:, 0].float().cpu().numpy()
+            top = logits.flatten(1).amax(1).view(-1, 1, 1, 1)
+            rel = ((up - top).clamp(min=-REL_FLOOR) / REL_FLOOR).float()
+            coarse = logits[:, 0].float().cpu().numpy()
             peak = np.stack([keep_regions(c > 0, c, "peak") for c in coarse]).astype(np.float32)
             peak = torch.from_numpy(peak).to(up.device)[:, None].repeat_interleave(2, 2).repeat_interleave(2, 3)
         return torch.cat([rel, peak], dim=1)
