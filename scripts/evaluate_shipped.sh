@@ -2,11 +2,11 @@
 # Export the shipped checkpoint from a run (best.pt, else last.pt) and measure it: every synthetic
 # split and the language probes (empty / mismatched expressions) on val; tables in RUN/eval/summary.md;
 # the app's shipped validation results in assets/results/synref_val_shipped.json.
-#   bash scripts/evaluate_shipped.sh [RUN_DIR | CHECKPOINT=runs/shipped/refine/mmi.pt] [DATA_ROOT=data]
+#   bash scripts/evaluate_shipped.sh [RUN_DIR | CHECKPOINT=runs/shipped/select/mmi.pt] [DATA_ROOT=data]
 # A checkpoint file (e.g. a weight average) is shipped as it is, its tables in its folder's eval/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN=${1:-runs/shipped/refine/mmi.pt}
+RUN=${1:-runs/shipped/select/mmi.pt}
 DATA=${2:-data}
 PY=${PY:-.venv/bin/python}
 if [ -f "$RUN" ]; then

@@ -21,7 +21,10 @@
 #   stage 3 (CPU)  the boundary refiner (with its context inputs: how far below the coarse map's peak, the
 #                  peak's region) added to the average and trained alone, 3 epochs on seed-0 train
 #                  (configs/demo_synref_refine.json: everything else fixed, the same memo), ~30 min
-#   evaluation     scripts/evaluate_shipped.sh: stage 3's export to weights/, every split, probes
+#   stage 4 (CPU)  the region selector (which of a mask's 8-connected regions to keep) added to stage 3's
+#                  model and trained alone, 3 epochs on seed-0 train (configs/demo_synref_select.json:
+#                  everything else fixed, the same memo; best.pt: epoch 2), ~23 min
+#   evaluation     scripts/evaluate_shipped.sh: stage 4's export to weights/, every split, probes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data}
@@ -71,4 +74,8 @@ mkdir -p "$SOUP"
 $PY train.py --config configs/demo_synref_refine.json --resume auto --set data.root="$DATA" \
   train.feature_cache_file="$CACHE" train.init_from="$SOUP/mmi.pt" output="$OUTDIR/refine"
 $PY train.py --export "$OUTDIR/refine/best.pt" --out "$OUTDIR/refine/mmi.pt"
-bash scripts/evaluate_shipped.sh "$OUTDIR/refine/mmi.pt" "$DATA"
+
+$PY train.py --config configs/demo_synref_select.json --resume auto --set data.root="$DATA" \
+  train.feature_cache_file="$CACHE" train.init_from="$OUTDIR/refine/mmi.pt" output="$OUTDIR/select"
+$PY train.py --export "$OUTDIR/select/best.pt" --out "$OUTDIR/select/mmi.pt"
+bash scripts/evaluate_shipped.sh "$OUTDIR/select/mmi.pt" "$DATA"

@@ -737,7 +737,14 @@ def test_train_shipped_recipe_is_valid_and_starts_from_the_committed_stage_1():
     assert extra == {"refine_channels": 16, "refine_only": True, "refine_context": True}
     assert stage3["train"]["feature_cache_file"] == stage2["train"]["feature_cache_file"]
     assert 'train.init_from="$SOUP/mmi.pt" output="$OUTDIR/refine"' in text
-    assert 'evaluate_shipped.sh "$OUTDIR/refine/mmi.pt"' in text
+    # stage 4: the region selector on stage 3's model, trained alone from its export, the same memo
+    stage4 = load_config(str(ROOT / "configs" / "demo_synref_select.json"), [])
+    extra = {k: v for k, v in stage4["model"]["overrides"].items() if stage3["model"]["overrides"].get(k) != v}
+    assert extra == {"refine_only": False, "select_regions": True, "select_only": True}
+    assert stage4["train"]["feature_cache_file"] == stage2["train"]["feature_cache_file"]
+    assert stage4["train"]["init_from"] == "runs/shipped/refine/mmi.pt"
+    assert 'train.init_from="$OUTDIR/refine/mmi.pt" output="$OUTDIR/select"' in text
+    assert 'evaluate_shipped.sh "$OUTDIR/select/mmi.pt"' in text
 
 
 def test_check_refine_box_compares_every_mask_of_a_split(tmp_path, monkeypatch):
@@ -796,3 +803,41 @@ def test_ablate_refine_context_holds_one_input_at_zero_and_passes_the_rest_to_tr
     assert (ctx[:, 1 - kept] == 0).all() and (ctx[:, kept] != 0).any()
     with pytest.raises(SystemExit):
         script.main(["--zero", zero])
+
+
+def test_region_oracle_scores_every_region_the_peaks_and_the_best(tmp_path):
+    """scripts/region_oracle.py: on two regions, the peak rule keeps the one of the highest
+    probability and the oracle the one overlapping the target best; on a split, the oracle is
+    never below the other two, and with one region or none the three agree."""
+    import numpy as np
+    import torch
+
+    from mmi.data.synthetic.__main__ import main as generate
+    from mmi.engine.checkpoint import save_inference
+    from mmi.model import build_model
+    from mmi.text import Vocabulary
+
+    script = load_script("region_oracle")
+    prob = np.zeros((10, 10), np.float32)
+    prob[1:3, 1:3] = 0.9  # the peak's region
+    prob[6:9, 6:9] = 0.7  # the target's
+    gt = np.zeros((10, 10), bool)
+    gt[6:9, 6:8] = True
+    got, n = script.choices(prob, gt)
+    assert n == 2 and got["all"] == (6, 13) and got["peak"] == (0, 10) and got["oracle"] == (6, 9)
+    one, n = script.choices(np.where(prob > 0.8, 0.0, prob), gt)
+    assert n == 1 and one["all"] == one["peak"] == one["oracle"] == (6, 9)
+
+    assert generate(["--out", str(tmp_path / "data"), "--images", "12", "--seed", "5", "--workers", "1",
+                     "--quiet"]) == 0
+    vocab = Vocabulary.from_sentences(["the leftmost red circle", "the second square from the top"])
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / "m.pt")
+    save_inference(ckpt, build_model("tiny", len(vocab)), vocab, meta={"dataset": "fixture", "epoch": 0})
+    out = tmp_path / "oracle.json"
+    assert script.main([ckpt, str(tmp_path / "data"), "--batch-size", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["count"] > 0 and 0.0 <= result["two_or_more_regions"] <= 1.0
+    o = result["oracle"]["totals"]["oIoU"]
+    assert o >= result["all"]["totals"]["oIoU"] - 1e-9 and o >= result["peak"]["totals"]["oIoU"] - 1e-9
+    assert set(result["oracle"]["by_type"]) == set(result["all"]["by_type"])

@@ -38,16 +38,24 @@ class MMI(nn.Module):
         with the same BCE (+ Dice) loss against the area-downsampled target, averaged over the
         layers and weighted by this. 0 (default) adds nothing. Training only: inference
         outputs are unchanged. Without it the decoder learns only through the mask head.
+        refiner: a MaskRefiner or None; refine_only: train it alone (refine.py).
+        selector: a RegionSelector or None, applied out of training to the final logits;
+        select_only: train it alone (select.py).
     """
 
     def __init__(self, backbone: nn.Module, vision: VisionEncoder, language: LanguageEncoder, decoder: MutualDecoder,
                  mask_head: MaskHead, lfr: LanguageReconstruction | None, image_size: int, t_max: int,
                  lfr_weight: float = 0.1, mask_weight: float = 1.0, frozen_backbone: bool = False,
                  dice_weight: float = 0.0, config: dict | None = None, sentence_fusion: nn.Module | None = None,
-                 aux_weight: float = 0.0, refiner: nn.Module | None = None, refine_only: bool = False):
+                 aux_weight: float = 0.0, refiner: nn.Module | None = None, refine_only: bool = False,
+                 selector: nn.Module | None = None, select_only: bool = False):
         super().__init__()
         if refine_only and refiner is None:
             raise ValueError("refine_only trains the refiner alone, but this model has none (refine_channels=0)")
+        if select_only and selector is None:
+            raise ValueError("select_only trains the region selector alone, but this model has none (select_regions off)")
+        if refine_only and select_only:
+            raise ValueError("refine_only and select_only each train one part alone: set one of them")
         self.backbone, self.vision, self.language = backbone, vision, language
         self.decoder, self.mask_head, self.lfr = decoder, mask_head, lfr
         self.sentence_fusion = sentence_fusion
@@ -58,26 +66,34 @@ class MMI(nn.Module):
         self.config = dict(config or {})
         self.refiner = refiner
         self.refine_only = bool(refine_only)
-        self.frozen_backbone = frozen_backbone or self.refine_only
+        self.selector = selector
+        self.select_only = bool(select_only)
+        self.frozen_backbone = frozen_backbone or self.refine_only or self.select_only
         self.feature_cache = None  # a FeatureCache of memoised_part()'s outputs (training speed-up), not saved
         if self.frozen_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
-        if self.refine_only:
+        if self.trains_alone:
             for name, p in self.named_parameters():
-                p.requires_grad_(name.startswith("refiner."))
+                p.requires_grad_(name.startswith(self.trains_alone + "."))
             self.train(self.training)
+
+    @property
+    def trains_alone(self) -> str | None:
+        """The one child trained while every other weight stays fixed: "refiner" (``refine_only``),
+        "selector" (``select_only``) or None."""
+        return "refiner" if self.refine_only else "selector" if self.select_only else None
 
     def train(self, mode: bool = True) -> "MMI":
         """As ``nn.Module.train``; a frozen backbone stays in eval mode (its BatchNorm
-        statistics stay those of its pretraining), and so does everything but the refiner
-        with ``refine_only``."""
+        statistics stay those of its pretraining), and so does everything
+        but the part trained alone with ``refine_only`` or ``select_only``."""
         super().train(mode)
         if self.frozen_backbone:
             self.backbone.eval()
-        if self.refine_only:
+        if self.trains_alone:
             for name, child in self.named_children():
-                if name != "refiner":
+                if name != self.trains_alone:
                     child.eval()
         return self
 
@@ -136,7 +152,8 @@ class MMI(nn.Module):
         """feats from ``encode_image`` (batch B or 1, broadcast), words (B, T), word_mask (B, T).
 
         Returns ``{"logits": (B, 1, S/4, S/4)}`` ((B, 1, S/2, S/2) with a refiner, the mask
-        head's own then ``coarse_logits``) and, when asked, ``"attention"``: one dict
+        head's own then ``coarse_logits``; with a region selector, one region of each expression's
+        mask, the logits it chose from then ``selected_from``) and, when asked, ``"attention"``: one dict
         per decoder layer with ``lav`` (B, heads, T, H, W) and ``val`` (B, heads, T, H, W).
         """
         out, _ = self._decode(feats, words, word_mask.bool(), self.language(words, word_mask.bool()), return_attention)
@@ -155,11 +172,20 @@ class MMI(nn.Module):
         x, maps = self.decoder(pixels, feats["pos"], lang[0], word_mask, layer_outputs)
         H, W = feats["hw"]
         grid = x.transpose(1, 2).reshape(B, -1, H, W)
-        if self.refiner is None:
+        if self.refiner is None and self.selector is None:
             out = {"logits": self.mask_head(grid, skip, lang[1])}
         else:
             coarse, hidden = self.mask_head(grid, skip, lang[1], return_hidden=True)
-            out = {"logits": self.refiner(feats["low"], hidden, coarse), "coarse_logits": coarse}
+            if self.refiner is None:
+                out = {"logits": coarse}
+            else:
+                out = {"logits": self.refiner(feats["low"], hidden, coarse), "coarse_logits": coarse}
+            if self.selector is not None:
+                if self.training:
+                    out["select_inputs"] = (out["logits"], hidden, grid, lang[1])
+                else:
+                    out["selected_from"] = out["logits"]
+                    out["logits"] = self.selector(out["logits"], hidden, grid, lang[1])
         if return_attention:
             out["attention"] = [{k: v.reshape(*v.shape[:3], H, W) for k, v in m.items()} for m in maps]
         return out, x
@@ -181,8 +207,10 @@ class MMI(nn.Module):
         (see :meth:`encode_image`).
 
         Training mode returns ``loss``, ``loss_mask``, ``loss_lfr`` (when LFR is on),
-        ``loss_mask_coarse`` (with a refiner, unless ``refine_only``) and ``logits``; eval mode returns
-        ``logits`` (B, 1, S/4, S/4), or S/2 with a refiner, and optionally ``attention``.
+        ``loss_mask_coarse`` (with a refiner, unless ``refine_only``) and ``logits`` (with
+        ``select_only``: ``loss`` = ``loss_select``, the selector's, and ``select_count``, the
+        expressions it counted); eval mode returns ``logits`` (B, 1, S/4, S/4), or S/2 with a
+        refiner, and optionally ``attention`` (and ``selected_from`` with a region selector).
         """
         words, word_mask = batch["words"], batch["word_mask"].bool()
         lang = self.language(words, word_mask)
@@ -191,6 +219,12 @@ class MMI(nn.Module):
         out, x = self._decode(feats, words, word_mask, lang, return_attention, layers)
         if not self.training:
             return out
+        if self.select_only:  # the selector's inputs, as _decode gave them to it out of training
+            parts = out.pop("select_inputs")
+            out["loss"], out["select_count"] = self.selector.loss(*parts, batch["mask"])
+            out["loss_select"] = out["loss"].detach()
+            return out
+        out.pop("select_inputs", None)
         loss = self._mask_loss(out["logits"], batch["mask"], out, "")
         if self.refine_only:
             out["loss"] = loss

@@ -23,7 +23,9 @@ Settings:
     refine_channels (a MaskRefiner of that width corrects the logits at stride 2 from the
     image, refine.py; 0, the default, has none), refine_only (train the refiner alone) and
     refine_context (the refiner also reads how far each pixel is below the coarse map's peak
-    and the peak's region, refine.py; off by default).
+    and the peak's region, refine.py; off by default); select_regions (a RegionSelector keeps one
+    8-connected region of each expression's mask, chosen by a learned scorer, select.py; off by
+    default) and select_only (train the selector alone).
 
 Backbone weights: a path loads that file (Darknet ``.weights`` or a PyTorch state dict
 for darknet53; official or torchvision Swin checkpoints for swin_b; a state dict for any);
@@ -62,6 +64,7 @@ from .lfr import LanguageReconstruction
 from .mask_head import MaskHead
 from .mmi import MMI
 from .refine import MaskRefiner
+from .select import RegionSelector
 from .vision import VisionEncoder
 
 _COMMON = dict(backbone_options={}, input_norm="imagenet", encoder_layers=2, decoder_layers=2, word_dim=300,
@@ -69,7 +72,8 @@ _COMMON = dict(backbone_options={}, input_norm="imagenet", encoder_layers=2, dec
                lfr_weight=0.1, mask_weight=1.0, dropout=0.1, t_max=15, frozen_backbone=False, backbone_frozen_blocks=0,
                dice_weight=0.0,
                word_gate=False, sentence_fusion=False, language_norm=False, coord_features=False, aux_weight=0.0,
-               skip_fusion=False, refine_channels=0, refine_only=False, refine_context=False)
+               skip_fusion=False, refine_channels=0, refine_only=False, refine_context=False,
+               select_regions=False, select_only=False)
 
 # The value of each setting added after checkpoints were shipped that rebuilds the earlier
 # behaviour; a stored config without the key gets it (build_model_from_config).
@@ -154,6 +158,13 @@ def resolve_config(preset: str, vocab_size: int, **overrides) -> dict:
         raise ValueError(f"refine_context must be true or false, got {cfg['refine_context']!r}")
     if cfg["refine_context"] and not r:
         raise ValueError("refine_context is an input of the refiner: give it one (refine_channels > 0)")
+    for key in ("select_regions", "select_only"):
+        if cfg[key] not in (True, False):
+            raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
+    if cfg["select_only"] and not cfg["select_regions"]:
+        raise ValueError("select_only trains the region selector alone: give it one (select_regions: true)")
+    if cfg["select_only"] and cfg["refine_only"]:
+        raise ValueError("refine_only and select_only each train one part alone: set one of them")
     w = cfg["backbone_weights"]
     if w == "default" and cfg["backbone"] in NO_DEFAULT_WEIGHTS:
         raise ValueError(f"backbone_weights='default' for {cfg['backbone']}: it has no default weights (it used to mean "
@@ -185,10 +196,11 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     sentence = SentenceFusion(dim, drop) if cfg["sentence_fusion"] else None
     refiner = (MaskRefiner(cfg["head_channels"] // 4, cfg["refine_channels"], cfg["refine_context"])
                if cfg["refine_channels"] else None)
+    selector = RegionSelector(dim, cfg["head_channels"] // 4) if cfg["select_regions"] else None
     model = MMI(backbone, vision, language, decoder, head, lfr, cfg["image_size"], t_max,
                 cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], cfg["dice_weight"], config=cfg,
                 sentence_fusion=sentence, aux_weight=cfg["aux_weight"], refiner=refiner,
-                refine_only=cfg["refine_only"])
+                refine_only=cfg["refine_only"], selector=selector, select_only=cfg["select_only"])
     # what the backbone started from: "random" or {file, sha256, bytes, loaded_as} (log.jsonl, checkpoints, eval JSON)
     model.backbone_weights_record = weights_record(weights, backbone)
     return model
