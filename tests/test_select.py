@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from mmi.engine.trainer import load_init
 from mmi.model import build_model, build_model_from_config
-from mmi.model.select import SUPPRESS, RegionSelector, label_regions
+from mmi.model.select import SUPPRESS, RegionSelector, _region_shares, label_regions
 
 
 def _batch(B: int = 2, S: int = 64, T: int = 8) -> dict:
@@ -81,6 +81,17 @@ def test_region_features_describe_each_region():
     # the hidden features averaged over the region (same grid: exact)
     m = torch.from_numpy(labels == left + 1).float()
     assert torch.allclose(x[left, :4], (hidden[0] * m).sum((1, 2)) / m.sum())
+
+
+@pytest.mark.parametrize("size", [(16, 16), (8, 4), (32, 32), (5, 7)])
+def test_region_shares_are_the_regions_masks_resized_by_area(size):
+    """_region_shares counts each cell's share with one bincount (or resizes the masks where the
+    grid does not divide the map): the same as interpolate(mode="area") of each region's mask."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (32, 32), generator=g)
+    masks = torch.stack([(labels == r).float() for r in range(1, 4)])
+    expected = F.interpolate(masks[:, None], size=size, mode="area")[:, 0]
+    assert torch.allclose(_region_shares(labels.flatten(), 3, 32, 32, size), expected, atol=1e-6)
 
 
 def test_the_loss_targets_the_region_overlapping_the_mask_best():
@@ -194,6 +205,24 @@ def test_select_only_trains_the_selector_alone(monkeypatch):
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("selector.") for k in changed)
     assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("selector."))
+
+
+def test_a_selector_trains_beside_the_rest_of_the_network():
+    """Without select_only the selector's loss is added to the others; its inputs are detached,
+    so it changes nothing else (the mask head's gradients are the same with and without it)."""
+    def grads(select: bool) -> tuple[dict, dict]:
+        torch.manual_seed(0)  # the selector is built last: every other weight starts the same
+        model = build_model("tiny", 20, refine_channels=8, select_regions=select).train()
+        out = model(_batch())
+        out["loss"].backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, g0 = grads(False)
+    joint, g1 = grads(True)
+    assert "loss_select" in joint and "select_count" in joint
+    assert torch.allclose(joint["loss"], plain["loss"] + joint["loss_select"])
+    for name, g in g0.items():
+        assert torch.allclose(g, g1[name], atol=1e-6), name
 
 
 def test_select_settings_are_checked_and_old_checkpoints_build_without_it():

@@ -207,9 +207,9 @@ class MMI(nn.Module):
         (see :meth:`encode_image`).
 
         Training mode returns ``loss``, ``loss_mask``, ``loss_lfr`` (when LFR is on),
-        ``loss_mask_coarse`` (with a refiner, unless ``refine_only``) and ``logits`` (with
-        ``select_only``: ``loss`` = ``loss_select``, the selector's, and ``select_count``, the
-        expressions it counted); eval mode returns ``logits`` (B, 1, S/4, S/4), or S/2 with a
+        ``loss_mask_coarse`` (with a refiner, unless ``refine_only``) and ``logits``; with a
+        region selector also ``loss_select``, its loss (added to ``loss``; with ``select_only``
+        the whole of it), and ``select_count``, the expressions it counted; eval mode returns ``logits`` (B, 1, S/4, S/4), or S/2 with a
         refiner, and optionally ``attention`` (and ``selected_from`` with a region selector).
         """
         words, word_mask = batch["words"], batch["word_mask"].bool()
@@ -219,12 +219,11 @@ class MMI(nn.Module):
         out, x = self._decode(feats, words, word_mask, lang, return_attention, layers)
         if not self.training:
             return out
-        if self.select_only:  # the selector's inputs, as _decode gave them to it out of training
-            parts = out.pop("select_inputs")
-            out["loss"], out["select_count"] = self.selector.loss(*parts, batch["mask"])
+        select = out.pop("select_inputs", None)  # what _decode gives the selector out of training
+        if self.select_only:
+            out["loss"], out["select_count"] = self.selector.loss(*select, batch["mask"])
             out["loss_select"] = out["loss"].detach()
             return out
-        out.pop("select_inputs", None)
         loss = self._mask_loss(out["logits"], batch["mask"], out, "")
         if self.refine_only:
             out["loss"] = loss
@@ -245,5 +244,9 @@ class MMI(nn.Module):
         if self.lfr is not None:
             out["loss_lfr"] = self.lfr(x, lang.clean if self.lfr.clean_target else lang[0], lang[1], word_mask)
             loss = loss + self.lfr_weight * out["loss_lfr"]
+        if select is not None:  # trained beside the rest; its inputs detached, so it changes nothing else
+            sel, out["select_count"] = self.selector.loss(*select, batch["mask"])
+            out["loss_select"] = sel.detach()
+            loss = loss + sel
         out["loss"] = loss
         return out

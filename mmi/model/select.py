@@ -21,10 +21,12 @@ the model knows of it and keeps the best:
     out      = logits, with every region but the best's set to at most ``SUPPRESS``
 
 An expression with one region or none is left as it is, and the kept region's logits (and so its
-mask at any resolution) are unchanged: only the other regions' go. Trained alone (``select_only``:
-every other weight fixed) with cross-entropy towards the region that overlaps the target best
-(IoU at the logits' resolution); expressions with fewer than two regions, or none touching the
-target, add nothing. Out of training only; in training the logits pass through.
+mask at any resolution) are unchanged: only the other regions' go. Its loss is the cross-entropy
+towards the region that overlaps the target best (IoU at the logits' resolution); expressions with
+fewer than two regions, or none touching the target, add nothing. Its inputs are detached, so in a
+model's training it learns beside the rest without changing it, or alone (``select_only``: every
+other weight fixed, as the shipped model's stage 4). It chooses out of training only; in training
+the logits pass through.
 """
 from __future__ import annotations
 
@@ -51,6 +53,21 @@ def label_regions(logits: torch.Tensor) -> list[tuple[int, np.ndarray | None]]:
     return out
 
 
+def _region_shares(lab: torch.Tensor, n: int, h: int, w: int, size: tuple[int, int]) -> torch.Tensor:
+    """lab (h*w,) region labels 0..n -> (n, H', W'): the share of each cell of an H' x W' grid that
+    each region covers (each region's mask resized to the grid with ``interpolate(mode="area")``),
+    counted with one bincount where the grid divides the map, else from the masks."""
+    gh, gw = int(size[0]), int(size[1])
+    if h % gh or w % gw:
+        masks = F.one_hot(lab.view(h, w), n + 1)[..., 1:].permute(2, 0, 1).float()
+        return F.interpolate(masks[:, None], size=(gh, gw), mode="area")[:, 0]
+    fy, fx = h // gh, w // gw
+    dev = lab.device
+    cell = ((torch.arange(h, device=dev) // fy)[:, None] * gw + (torch.arange(w, device=dev) // fx)[None, :]).flatten()
+    counts = torch.bincount(cell * (n + 1) + lab, minlength=gh * gw * (n + 1)).view(gh * gw, n + 1)
+    return (counts[:, 1:].T.float() / (fy * fx)).reshape(n, gh, gw)
+
+
 class RegionSelector(nn.Module):
     """Arguments: dim: C of the decoder's output and of f_s; hidden_channels: h of the mask head's
     last features; width: W of the region embeddings; heads: of their self-attention."""
@@ -66,33 +83,42 @@ class RegionSelector(nn.Module):
     def region_features(self, logits: torch.Tensor, labels: np.ndarray, n: int, hidden: torch.Tensor,
                         grid: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
         """One expression: logits (h, w), labels (h, w) with regions 1..n, hidden (h', S/4, S/4),
-        grid (C, S/16, S/16), sentence (C,) -> x (n, D_in) (module docstring)."""
+        grid (C, S/16, S/16), sentence (C,) -> x (n, D_in) (module docstring). Each region's share
+        of a feature cell and its statistics are counted from the labels (bincount, scatter), not
+        from n full-size masks: the predictor calls this once per expression with several regions."""
         h, w = logits.shape
-        onehot = torch.from_numpy(labels).to(logits.device).long()
-        masks = F.one_hot(onehot, n + 1)[..., 1:].permute(2, 0, 1).float()  # (n, h, w)
+        dev = logits.device
+        lab = torch.from_numpy(labels).to(dev).long().flatten()  # (h*w,)
         pooled = []
         for feats in (hidden, grid):
-            m = F.interpolate(masks[:, None], size=feats.shape[-2:], mode="area")[:, 0]  # (n, h', w')
-            pooled.append(torch.einsum("nyx,cyx->nc", m, feats.float()) / m.sum((1, 2)).clamp(min=1e-6)[:, None])
-        lg = logits.float()
-        top = lg.max()
-        ys = torch.arange(h, device=lg.device, dtype=torch.float32)[None, :, None]
-        xs = torch.arange(w, device=lg.device, dtype=torch.float32)[None, None, :]
-        area = masks.sum((1, 2))
-        inside = masks > 0
-        big = torch.tensor(float(max(h, w)) * 4, device=lg.device)
-        high = torch.where(inside, lg[None], torch.full_like(masks, -1e4)).amax((1, 2))
+            share = _region_shares(lab, n, h, w, feats.shape[-2:])  # (n, h', w')
+            pooled.append(torch.einsum("nyx,cyx->nc", share, feats.float()) / share.sum((1, 2)).clamp(min=1e-6)[:, None])
+        lg = logits.float().flatten()
+        ys = torch.arange(h, device=dev, dtype=torch.float32).repeat_interleave(w)
+        xs = torch.arange(w, device=dev, dtype=torch.float32).repeat(h)
+
+        def per_region(values: torch.Tensor, reduce: str) -> torch.Tensor:
+            init = {"sum": 0.0, "amax": -1e9, "amin": 1e9}[reduce]
+            out = torch.full((n + 1,), init, device=dev, dtype=torch.float32)
+            return out.scatter_reduce(0, lab, values, reduce=reduce, include_self=True)[1:]
+
+        area = per_region(torch.ones_like(lg), "sum")
+        high = per_region(lg, "amax")
         geo = torch.stack([
-            high, (masks * lg).sum((1, 2)) / area, high - top, torch.log(area / (h * w)),
-            (masks * xs).sum((1, 2)) / area / w, (masks * ys).sum((1, 2)) / area / h,
-            torch.where(inside, xs, big).amin((1, 2)) / w, torch.where(inside, xs, -big).amax((1, 2)) / w,
-            torch.where(inside, ys, big).amin((1, 2)) / h, torch.where(inside, ys, -big).amax((1, 2)) / h,
+            high, per_region(lg, "sum") / area, high - lg.max(), torch.log(area / (h * w)),
+            per_region(xs, "sum") / area / w, per_region(ys, "sum") / area / h,
+            per_region(xs, "amin") / w, per_region(xs, "amax") / w, per_region(ys, "amin") / h, per_region(ys, "amax") / h,
             torch.full_like(area, float(n)),
         ], dim=1)
         return torch.cat([pooled[0], pooled[1], geo, sentence.float()[None].expand(n, -1)], dim=1)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """x (n, D_in) -> scores (n,)."""
+        """x (n, D_in) -> scores (n,); in float32 under any autocast (matrices of a few rows: bf16
+        only adds casts)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self._scores(x.float())
+
+    def _scores(self, x: torch.Tensor) -> torch.Tensor:
         e = self.embed(self.norm(x))[None]
         e = e + self.attend(e, e, e, need_weights=False)[0]
         return self.score(e)[0, :, 0]
