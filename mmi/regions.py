@@ -26,7 +26,7 @@ def check_mode(mode: str) -> str:
 
 def count_regions(mask: np.ndarray) -> int:
     """8-connected components of an (H, W) binary mask."""
-    return _label(mask)[0]
+    return label(mask)[0]
 
 
 def keep_regions(mask: np.ndarray, prob: np.ndarray, mode: str = "all") -> np.ndarray:
@@ -40,17 +40,23 @@ def split_regions(mask: np.ndarray, prob: np.ndarray, mode: str = "all") -> tupl
     """(:func:`keep_regions`'s mask, the number of 8-connected regions of ``mask`` before any
     was dropped), from one labelling."""
     check_mode(mode)
-    n, labels = _label(mask)
+    n, labels = label(mask)
     if mode == "all" or n <= 1:
         return mask, n
+    return labels == peak_label(labels, mask, prob), n
+
+
+def peak_label(labels: np.ndarray, mask: np.ndarray, prob: np.ndarray) -> int:
+    """The label (of :func:`label`'s ``labels``) of the region holding the highest ``prob`` inside
+    the non-empty ``mask`` (ties: the first in row-major order)."""
     if mask.shape != prob.shape:
         raise ValueError(f"mask {mask.shape} and probabilities {prob.shape} differ")
-    peak = int(np.argmax(np.where(mask, prob, -np.inf)))
-    return labels == labels.flat[peak], n
+    return int(labels.flat[int(np.argmax(np.where(mask, prob, -np.inf)))])
 
 
-def _label(mask: np.ndarray) -> tuple[int, np.ndarray | None]:
-    """(regions, labels (H, W) int32 with 0 the background); (0, None) for an empty mask."""
+def label(mask: np.ndarray) -> tuple[int, np.ndarray | None]:
+    """(regions, labels (H, W) int32 with 0 the background) of an (H, W) binary mask's 8-connected
+    regions; (0, None) for an empty mask."""
     if not mask.any():
         return 0, None
     n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)

@@ -23,23 +23,18 @@ def choices(prob, gt) -> tuple[dict, int]:
     """prob (H, W) float, gt (H, W) bool -> ({"all", "peak", "oracle"}: (intersection, union)), regions."""
     import numpy as np
 
-    from mmi.regions import split_regions
+    from mmi.regions import label, peak_label
+
+    def iu(m):
+        return int(np.count_nonzero(m & gt)), int(np.count_nonzero(m | gt))
 
     pred = prob > 0.5
-    full = (int(np.count_nonzero(pred & gt)), int(np.count_nonzero(pred | gt)))
-    peak, n = split_regions(pred, prob, "peak")
-    out = {"all": full, "peak": (int(np.count_nonzero(peak & gt)), int(np.count_nonzero(peak | gt))), "oracle": full}
+    n, labels = label(pred)  # one labelling for the peak rule and the oracle
+    out = {"all": iu(pred), "peak": iu(pred), "oracle": iu(pred)}
     if n >= 2:
-        import cv2
-
-        _, labels = cv2.connectedComponents(pred.astype(np.uint8), connectivity=8)
-        best = None
-        for r in range(1, n + 1):
-            reg = labels == r
-            iu = (int(np.count_nonzero(reg & gt)), int(np.count_nonzero(reg | gt)))
-            if best is None or iu[0] * best[1] > best[0] * iu[1]:
-                best = iu
-        out["oracle"] = best
+        regions = [iu(labels == r) for r in range(1, n + 1)]
+        out["peak"] = regions[peak_label(labels, pred, prob) - 1]
+        out["oracle"] = max(regions, key=lambda r: r[0] / r[1])
     return out, n
 
 

@@ -174,18 +174,15 @@ class MMI(nn.Module):
         grid = x.transpose(1, 2).reshape(B, -1, H, W)
         if self.refiner is None and self.selector is None:
             out = {"logits": self.mask_head(grid, skip, lang[1])}
-        else:
+        else:  # both read the mask head's last features
             coarse, hidden = self.mask_head(grid, skip, lang[1], return_hidden=True)
-            if self.refiner is None:
-                out = {"logits": coarse}
-            else:
-                out = {"logits": self.refiner(feats["low"], hidden, coarse), "coarse_logits": coarse}
-            if self.selector is not None:
-                if self.training:
-                    out["select_inputs"] = (out["logits"], hidden, grid, lang[1])
-                else:
-                    out["selected_from"] = out["logits"]
-                    out["logits"] = self.selector(out["logits"], hidden, grid, lang[1])
+            out = ({"logits": coarse} if self.refiner is None else
+                   {"logits": self.refiner(feats["low"], hidden, coarse), "coarse_logits": coarse})
+        if self.selector is not None and self.training:
+            out["select_inputs"] = (out["logits"], hidden, grid, lang[1])
+        elif self.selector is not None:
+            out["selected_from"] = out["logits"]
+            out["logits"] = self.selector(out["logits"], hidden, grid, lang[1])
         if return_attention:
             out["attention"] = [{k: v.reshape(*v.shape[:3], H, W) for k, v in m.items()} for m in maps]
         return out, x

@@ -30,11 +30,12 @@ the logits pass through.
 """
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..regions import label
 
 SUPPRESS = -20.0  # the logit a dropped region is held to (sigmoid ~2e-9)
 GEOMETRY = 11     # the geometry features of a region (module docstring)
@@ -43,14 +44,7 @@ GEOMETRY = 11     # the geometry features of a region (module docstring)
 def label_regions(logits: torch.Tensor) -> list[tuple[int, np.ndarray | None]]:
     """logits (B, 1, h, w) -> per expression (n, labels (h, w) int32, 0 the background, or None
     when n == 0): the 8-connected regions of logits > 0, labelled on the CPU (cv2)."""
-    out = []
-    for m in (logits[:, 0] > 0).cpu().numpy():
-        if not m.any():
-            out.append((0, None))
-            continue
-        n, labels = cv2.connectedComponents(m.astype(np.uint8), connectivity=8)
-        out.append((int(n) - 1, labels))
-    return out
+    return [label(m) for m in (logits[:, 0] > 0).cpu().numpy()]
 
 
 def _region_shares(lab: torch.Tensor, n: int, h: int, w: int, size: tuple[int, int]) -> torch.Tensor:
@@ -150,9 +144,10 @@ class RegionSelector(nn.Module):
         for b, (n, labels) in enumerate(label_regions(logits.detach())):
             if n < 2:
                 continue
-            lab = torch.from_numpy(labels).to(logits.device)
-            t = target[b]
-            iou = torch.stack([((lab == r) & t).sum() / ((lab == r) | t).sum() for r in range(1, n + 1)])
+            lab = torch.from_numpy(labels).to(logits.device).long().flatten()
+            t = target[b].flatten()
+            inter = torch.bincount(lab[t], minlength=n + 1)[1:]
+            iou = inter / (torch.bincount(lab, minlength=n + 1)[1:] + t.sum() - inter)
             if iou.max() <= 0:
                 continue
             x = self.region_features(logits[b, 0].detach(), labels, n, hidden[b].detach(), grid[b].detach(),
