@@ -59,7 +59,7 @@ def test_the_choice_follows_the_scores(monkeypatch):
     sel = RegionSelector(dim=8, hidden_channels=4).eval()
     lg = _two_blobs(left=2.0, right=3.0)
     for scores, side in (([5.0, 0.0], slice(0, 8)), ([0.0, 5.0], slice(8, 16))):
-        monkeypatch.setattr(sel, "scores", lambda x, s=scores: torch.tensor(s))
+        monkeypatch.setattr(sel, "scores", lambda x, *rest, s=scores: torch.tensor(s)[None])
         kept = sel(lg, *_inputs()) > 0
         assert kept[..., side].sum() > 0 and kept.sum() == kept[..., side].sum()
 
@@ -247,3 +247,137 @@ def test_select_settings_are_checked_and_old_checkpoints_build_without_it():
         out = plain(_batch())
     assert out["logits"].shape == (2, 1, 16, 16) and "coarse_logits" not in out
     assert F.interpolate(out["logits"], size=4).shape == (2, 1, 4, 4)
+
+
+def test_padded_batches_score_as_each_expression_alone():
+    """scores() of B padded expressions equals each expression's scores alone (lab and model agree)."""
+    torch.manual_seed(0)
+    sel = RegionSelector(dim=8, hidden_channels=4, context=True, words=True, maps=2).eval()
+    d_in = 4 + 8 + 11 + 8
+    xs = [torch.randn(n, d_in) for n in (2, 4)]
+    for x in xs:
+        x[:, 4 + 8 + 4 : 4 + 8 + 10] = torch.rand(x.shape[0], 6)  # centre and box in [0, 1]
+    grid, words = torch.randn(2, 8, 4, 4), torch.randn(2, 5, 8)
+    maps = [torch.randn(len(r), 5, 8 * 2) for r in xs]  # map_features of each expression
+    word_mask = torch.tensor([[True] * 3 + [False] * 2, [True] * 5])
+    x, mapped = torch.zeros(2, 4, d_in), torch.zeros(2, 4, 5, 8 * 2)
+    pad = torch.ones(2, 4, dtype=torch.bool)
+    for b, r in enumerate(xs):
+        x[b, : len(r)], mapped[b, : len(r)], pad[b, : len(r)] = r, maps[b], False
+    with torch.no_grad():
+        both = sel.scores(x, pad, grid, words, word_mask, mapped)
+        for b, r in enumerate(xs):
+            alone = sel.scores(r, None, grid[b : b + 1], words[b : b + 1], word_mask[b : b + 1], maps[b])
+            assert alone.shape == (len(r),) and torch.allclose(both[b, : len(r)], alone, atol=1e-5)
+        # the words a padded position holds are not read; a sentence with no words still scores
+        changed = words.clone()
+        changed[0, 3:] = 100.0
+        changed_maps = mapped.clone()
+        changed_maps[0, :, 3:] = 100.0
+        assert torch.allclose(sel.scores(x, pad, grid, changed, word_mask, changed_maps), both, atol=1e-5)
+        assert torch.isfinite(sel.scores(x, pad, grid, words, torch.zeros_like(word_mask), mapped)).all()
+    with pytest.raises(ValueError, match="grid"):
+        sel.scores(xs[0], None, None, words[:1], word_mask[:1], maps[0])
+
+
+def test_with_context_it_learns_a_choice_that_lies_outside_the_regions():
+    """Two candidate regions; the target is the one nearer a marker that only the decoder's grid
+    shows (no region holds it): the selector with ``context`` learns it, the plain one cannot."""
+    def scene(g):
+        lg = torch.full((1, 1, 32, 32), -3.0)
+        lg[0, 0, 14:18, 4:8] = lg[0, 0, 14:18, 24:28] = 2.0
+        grid = torch.randn(1, 8, 8, 8, generator=g) * 0.1
+        side = int(torch.randint(0, 2, (1,), generator=g))
+        col = int(torch.randint(0, 2, (1,), generator=g)) + (0 if side == 0 else 6)
+        grid[0, 0, int(torch.randint(0, 8, (1,), generator=g)), col] = 3.0  # the marker
+        target = torch.zeros(1, 1, 32, 32)
+        target[..., 14:18, (4, 24)[side] : (8, 28)[side]] = 1
+        return lg, grid, target, side
+
+    def accuracy(context: bool) -> float:
+        torch.manual_seed(0)
+        sel = RegionSelector(dim=8, hidden_channels=4, context=context)
+        opt = torch.optim.Adam(sel.parameters(), lr=0.003)
+        g = torch.Generator().manual_seed(1)
+        hidden, sentence = torch.zeros(1, 4, 32, 32), torch.zeros(1, 8)
+        for _ in range(250):
+            lg, grid, target, _ = scene(g)
+            loss, _ = sel.loss(lg, hidden, grid, sentence, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sel.eval()
+        g = torch.Generator().manual_seed(99)
+        right = 0
+        with torch.no_grad():
+            for _ in range(40):
+                lg, grid, _, side = scene(g)
+                kept = (sel(lg, hidden, grid, sentence) > 0)[0, 0]
+                right += int(kept[:, (4, 24)[side]].any() and not kept[:, (24, 4)[side]].any())
+        return right / 40
+
+    assert accuracy(True) >= 0.9
+    assert accuracy(False) <= 0.75
+
+
+def test_select_context_words_and_maps_reach_the_model_and_are_checked():
+    torch.manual_seed(0)
+    model = build_model("tiny", 20, refine_channels=8, select_regions=True, select_context=True, select_words=True,
+                        select_maps=True)
+    assert model.selector.context and model.selector.words and model.selector.maps == 2 * 2  # layers x heads
+    torch.nn.init.normal_(model.refiner.out.weight, std=0.5)
+    batch = _batch(B=3)
+    model.eval()
+    with torch.no_grad():
+        out = model(batch)
+    for b, (n, _) in enumerate(label_regions(out["selected_from"])):
+        assert label_regions(out["logits"][b : b + 1])[0][0] == min(n, 1)
+    model.train()
+    assert model(batch)["loss"].requires_grad
+    for key in ("select_context", "select_words", "select_maps"):
+        with pytest.raises(ValueError, match=f"{key} is an input of the region selector"):
+            build_model("tiny", 20, **{key: True})
+        with pytest.raises(ValueError, match=f"{key} must be true or false"):
+            build_model("tiny", 20, select_regions=True, **{key: "yes"})
+
+
+def test_with_maps_it_keeps_the_region_a_word_attends_to():
+    """Two candidate regions, nothing telling them apart but where the first word's LAV mass lies
+    (the decoder's attention maps): the selector with ``maps`` learns to keep that region."""
+    T, M = 4, 2
+
+    def scene(g):
+        lg = torch.full((1, 1, 32, 32), -3.0)
+        lg[0, 0, 14:18, 4:8] = lg[0, 0, 14:18, 24:28] = 2.0
+        side = int(torch.randint(0, 2, (1,), generator=g))
+        lav = torch.softmax(torch.randn(M, T, 64, generator=g), -1).view(M, T, 8, 8)
+        lav[:, 0] = 0.0
+        lav[:, 0, 3:5, (1, 6)[side]] = 0.5  # the first word looks at the target
+        val = torch.softmax(torch.randn(M, T, 8, 8, generator=g), 1)
+        target = torch.zeros(1, 1, 32, 32)
+        target[..., 14:18, (4, 24)[side] : (8, 28)[side]] = 1
+        return lg, torch.stack([lav, val])[None], target, side
+
+    torch.manual_seed(0)
+    sel = RegionSelector(dim=8, hidden_channels=4, maps=M)
+    opt = torch.optim.Adam(sel.parameters(), lr=0.003)
+    g = torch.Generator().manual_seed(1)
+    hidden, grid, sentence = torch.zeros(1, 4, 32, 32), torch.zeros(1, 8, 8, 8), torch.zeros(1, 8)
+    words, word_mask = torch.randn(1, T, 8), torch.ones(1, T, dtype=torch.bool)
+    for _ in range(150):
+        lg, maps, target, _ = scene(g)
+        loss, _ = sel.loss(lg, hidden, grid, sentence, target, words=words, word_mask=word_mask, maps=maps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sel.eval()
+    g = torch.Generator().manual_seed(99)
+    right = 0
+    with torch.no_grad():
+        for _ in range(40):
+            lg, maps, _, side = scene(g)
+            kept = (sel(lg, hidden, grid, sentence, words, word_mask, maps) > 0)[0, 0]
+            right += int(kept[:, (4, 24)[side]].any() and not kept[:, (24, 4)[side]].any())
+    assert right >= 36
+    with pytest.raises(ValueError, match="attention maps"):
+        sel(lg, hidden, grid, sentence, words, word_mask)

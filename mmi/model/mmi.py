@@ -178,11 +178,16 @@ class MMI(nn.Module):
             coarse, hidden = self.mask_head(grid, skip, lang[1], return_hidden=True)
             out = ({"logits": coarse} if self.refiner is None else
                    {"logits": self.refiner(feats["low"], hidden, coarse), "coarse_logits": coarse})
-        if self.selector is not None and self.training:
-            out["select_inputs"] = (out["logits"], hidden, grid, lang[1])
-        elif self.selector is not None:
-            out["selected_from"] = out["logits"]
-            out["logits"] = self.selector(out["logits"], hidden, grid, lang[1])
+        if self.selector is not None:
+            inputs = {"logits": out["logits"], "hidden": hidden, "grid": grid, "sentence": lang[1], "words": lang[0],
+                      "word_mask": word_mask, "maps": None}
+            if self.selector.maps:  # (B, 2, layers * heads, T, H, W): LAV and VAL
+                inputs["maps"] = torch.stack([torch.cat([m[k] for m in maps], 1) for k in ("lav", "val")], 1).unflatten(-1, (H, W))
+            if self.training:
+                out["select_inputs"] = inputs
+            else:
+                out["selected_from"] = out["logits"]
+                out["logits"] = self.selector(**inputs)
         if return_attention:
             out["attention"] = [{k: v.reshape(*v.shape[:3], H, W) for k, v in m.items()} for m in maps]
         return out, x
@@ -218,7 +223,7 @@ class MMI(nn.Module):
             return out
         select = out.pop("select_inputs", None)  # what _decode gives the selector out of training
         if self.select_only:
-            out["loss"], out["select_count"] = self.selector.loss(*select, batch["mask"])
+            out["loss"], out["select_count"] = self.selector.loss(**select, mask=batch["mask"])
             out["loss_select"] = out["loss"].detach()
             return out
         loss = self._mask_loss(out["logits"], batch["mask"], out, "")
@@ -242,7 +247,7 @@ class MMI(nn.Module):
             out["loss_lfr"] = self.lfr(x, lang.clean if self.lfr.clean_target else lang[0], lang[1], word_mask)
             loss = loss + self.lfr_weight * out["loss_lfr"]
         if select is not None:  # trained beside the rest; its inputs detached, so it changes nothing else
-            sel, out["select_count"] = self.selector.loss(*select, batch["mask"])
+            sel, out["select_count"] = self.selector.loss(**select, mask=batch["mask"])
             out["loss_select"] = sel.detach()
             loss = loss + sel
         out["loss"] = loss

@@ -25,7 +25,9 @@ Settings:
     refine_context (the refiner also reads how far each pixel is below the coarse map's peak
     and the peak's region, refine.py; off by default); select_regions (a RegionSelector keeps one
     8-connected region of each expression's mask, chosen by a learned scorer, select.py; off by
-    default) and select_only (train the selector alone).
+    default) and select_only (train the selector alone); select_context and select_words (the
+    selector also attends over the decoder's grid, told where each cell lies from the region, and
+    over the words; off by default).
 
 Backbone weights: a path loads that file (Darknet ``.weights`` or a PyTorch state dict
 for darknet53; official or torchvision Swin checkpoints for swin_b; a state dict for any);
@@ -73,7 +75,8 @@ _COMMON = dict(backbone_options={}, input_norm="imagenet", encoder_layers=2, dec
                dice_weight=0.0,
                word_gate=False, sentence_fusion=False, language_norm=False, coord_features=False, aux_weight=0.0,
                skip_fusion=False, refine_channels=0, refine_only=False, refine_context=False,
-               select_regions=False, select_only=False)
+               select_regions=False, select_only=False, select_context=False, select_words=False,
+               select_maps=False)
 
 # The value of each setting added after checkpoints were shipped that rebuilds the earlier
 # behaviour; a stored config without the key gets it (build_model_from_config).
@@ -158,13 +161,16 @@ def resolve_config(preset: str, vocab_size: int, **overrides) -> dict:
         raise ValueError(f"refine_context must be true or false, got {cfg['refine_context']!r}")
     if cfg["refine_context"] and not r:
         raise ValueError("refine_context is an input of the refiner: give it one (refine_channels > 0)")
-    for key in ("select_regions", "select_only"):
+    for key in ("select_regions", "select_only", "select_context", "select_words", "select_maps"):
         if cfg[key] not in (True, False):
             raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
     if cfg["select_only"] and not cfg["select_regions"]:
         raise ValueError("select_only trains the region selector alone: give it one (select_regions: true)")
     if cfg["select_only"] and cfg["refine_only"]:
         raise ValueError("refine_only and select_only each train one part alone: set one of them")
+    for key in ("select_context", "select_words", "select_maps"):
+        if cfg[key] and not cfg["select_regions"]:
+            raise ValueError(f"{key} is an input of the region selector: give it one (select_regions: true)")
     w = cfg["backbone_weights"]
     if w == "default" and cfg["backbone"] in NO_DEFAULT_WEIGHTS:
         raise ValueError(f"backbone_weights='default' for {cfg['backbone']}: it has no default weights (it used to mean "
@@ -196,7 +202,9 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     sentence = SentenceFusion(dim, drop) if cfg["sentence_fusion"] else None
     refiner = (MaskRefiner(cfg["head_channels"] // 4, cfg["refine_channels"], cfg["refine_context"])
                if cfg["refine_channels"] else None)
-    selector = RegionSelector(dim, cfg["head_channels"] // 4) if cfg["select_regions"] else None
+    selector = (RegionSelector(dim, cfg["head_channels"] // 4, context=cfg["select_context"], words=cfg["select_words"],
+                               maps=cfg["decoder_layers"] * heads if cfg["select_maps"] else 0)
+                if cfg["select_regions"] else None)
     model = MMI(backbone, vision, language, decoder, head, lfr, cfg["image_size"], t_max,
                 cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], cfg["dice_weight"], config=cfg,
                 sentence_fusion=sentence, aux_weight=cfg["aux_weight"], refiner=refiner,

@@ -39,6 +39,20 @@ from ..regions import label
 
 SUPPRESS = -20.0  # the logit a dropped region is held to (sigmoid ~2e-9)
 GEOMETRY = 11     # the geometry features of a region (module docstring)
+RELATIVE = 6      # where a grid cell lies from a region (_relative)
+MAP_FEATURES = 8  # per word, region and attention map (RegionSelector.map_features)
+
+
+def _relative(geometry: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """geometry (B, n, GEOMETRY) of regions (region_features), size (h, w) of a grid -> (B, n, h*w,
+    RELATIVE): where each cell's centre lies from each region, in image widths and heights: from
+    its centre (dx, dy) and from its box's edges (x - x0, x - x1, y - y0, y - y1)."""
+    h, w = int(size[0]), int(size[1])
+    dev = geometry.device
+    ys = ((torch.arange(h, device=dev, dtype=torch.float32) + 0.5) / h).repeat_interleave(w)
+    xs = ((torch.arange(w, device=dev, dtype=torch.float32) + 0.5) / w).repeat(h)
+    g = geometry[..., None, :]  # (B, n, 1, GEOMETRY)
+    return torch.stack([xs - g[..., 4], ys - g[..., 5], xs - g[..., 6], xs - g[..., 7], ys - g[..., 8], ys - g[..., 9]], -1)
 
 
 def label_regions(logits: torch.Tensor) -> list[tuple[int, np.ndarray | None]]:
@@ -64,13 +78,33 @@ def _region_shares(lab: torch.Tensor, n: int, h: int, w: int, size: tuple[int, i
 
 class RegionSelector(nn.Module):
     """Arguments: dim: C of the decoder's output and of f_s; hidden_channels: h of the mask head's
-    last features; width: W of the region embeddings; heads: of their self-attention."""
+    last features; width: W of the region embeddings; heads: of their attention layers; context:
+    each region also attends over the decoder's grid, its keys and values told where each cell lies
+    from the region (``select_context``: what surrounds a candidate, the anchor of "left of the
+    blue square", the other squares of "the second square"); words: each region also attends over
+    the words F_t (``select_words``)."""
 
-    def __init__(self, dim: int, hidden_channels: int, width: int = 64, heads: int = 4):
+    def __init__(self, dim: int, hidden_channels: int, width: int = 64, heads: int = 4,
+                 context: bool = False, words: bool = False, maps: int = 0):
         super().__init__()
         d_in = hidden_channels + dim + GEOMETRY + dim
+        self.geometry_at = hidden_channels + dim  # where x's geometry starts (region_features)
         self.norm = nn.LayerNorm(d_in)
         self.embed = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(inplace=True), nn.Linear(width, width))
+        self.context = bool(context)
+        if self.context:
+            self.cells = nn.Linear(dim, width)  # no LayerNorm: it makes a quiet cell as loud as an object's
+            self.where = nn.Sequential(nn.Linear(RELATIVE, 32), nn.ReLU(inplace=True), nn.Linear(32, width))
+            self.look = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.words = bool(words)
+        if self.words:
+            self.word_proj = nn.Linear(dim, width)
+            self.read = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.maps = int(maps)
+        if self.maps:  # per word and region, what the decoder's attention maps say of the region
+            self.word_region = nn.Sequential(nn.Linear(MAP_FEATURES * self.maps + dim, width), nn.ReLU(inplace=True),
+                                             nn.Linear(width, width))
+            self.word_weight = nn.Linear(width, 1)  # which words count for a region
         self.attend = nn.MultiheadAttention(width, heads, batch_first=True)
         self.score = nn.Sequential(nn.ReLU(), nn.Linear(width, 1))
 
@@ -106,28 +140,99 @@ class RegionSelector(nn.Module):
         ], dim=1)
         return torch.cat([pooled[0], pooled[1], geo, sentence.float()[None].expand(n, -1)], dim=1)
 
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        """x (n, D_in) -> scores (n,); in float32 under any autocast (matrices of a few rows: bf16
-        only adds casts)."""
+    def map_features(self, labels: np.ndarray, n: int, maps: torch.Tensor, geometry: torch.Tensor) -> torch.Tensor:
+        """One expression: labels (h, w) with regions 1..n, maps (2, M, T, H', W') the decoder's
+        LAV (softmax over cells) and VAL (softmax over words) maps of its M layer-heads, geometry
+        (n, GEOMETRY) -> (n, T, MAP_FEATURES * M): per region and word, the word's LAV mass inside
+        the region, its mean VAL there, where its LAV mass lies from the region's centre (dx, dy),
+        and its LAV mass left of the region's box, right of it, above it and below it (what an
+        ordinal counts, where a relation's anchor is)."""
+        h, w = labels.shape
+        lab = torch.from_numpy(labels).to(maps.device).long().flatten()
+        share = _region_shares(lab, n, h, w, maps.shape[-2:]).flatten(1)  # (n, H'W')
+        lav, val = maps[0].float().flatten(-2), maps[1].float().flatten(-2)  # (M, T, H'W')
+        mass = torch.einsum("nc,mtc->ntm", share, lav)
+        mean = torch.einsum("nc,mtc->ntm", share, val) / share.sum(1).clamp(min=1e-6)[:, None, None]
+        gh, gw = maps.shape[-2:]
+        ys = ((torch.arange(gh, device=maps.device, dtype=torch.float32) + 0.5) / gh).repeat_interleave(gw)
+        xs = ((torch.arange(gw, device=maps.device, dtype=torch.float32) + 0.5) / gw).repeat(gh)
+        total = lav.sum(-1).clamp(min=1e-6)  # (M, T): 0 for padded words
+        cx, cy = (lav @ xs) / total, (lav @ ys) / total  # (M, T)
+        dx = cx.T[None] - geometry[:, 4, None, None]  # (n, T, M)
+        dy = cy.T[None] - geometry[:, 5, None, None]
+        sides = torch.stack([xs[None] < geometry[:, 6, None], xs[None] > geometry[:, 7, None],
+                             ys[None] < geometry[:, 8, None], ys[None] > geometry[:, 9, None]], 1).float()  # (n, 4, H'W')
+        beside = torch.einsum("nsc,mtc->ntsm", sides, lav).flatten(2)  # (n, T, 4M)
+        return torch.cat([mass, mean, dx, dy, beside], dim=-1)
+
+    def scores(self, x: torch.Tensor, pad: torch.Tensor | None = None, grid: torch.Tensor | None = None,
+               words: torch.Tensor | None = None, word_mask: torch.Tensor | None = None,
+               mapped: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, n, D_in) the regions of B expressions (padded), pad (B, n) True at padding or None,
+        grid (B, C, S/16, S/16) (with ``context``), words (B, T, C) and word_mask (B, T) (with
+        ``words`` or ``maps``), mapped (B, n, T, MAP_FEATURES * M) (:meth:`map_features`, with ``maps``) -> scores
+        (B, n); x (n, D_in) alone -> (n,). In float32 under any autocast (matrices of a few rows:
+        bf16 only adds casts)."""
+        if x.dim() == 2:
+            return self.scores(x[None], None, grid, words, word_mask, None if mapped is None else mapped[None])[0]
         with torch.autocast(x.device.type, enabled=False):
-            return self._scores(x.float())
+            return self._scores(x.float(), pad, grid, words, word_mask, mapped)
 
-    def _scores(self, x: torch.Tensor) -> torch.Tensor:
-        e = self.embed(self.norm(x))[None]
-        e = e + self.attend(e, e, e, need_weights=False)[0]
-        return self.score(e)[0, :, 0]
+    def _scores(self, x: torch.Tensor, pad: torch.Tensor | None, grid: torch.Tensor | None,
+                words: torch.Tensor | None, word_mask: torch.Tensor | None, mapped: torch.Tensor | None) -> torch.Tensor:
+        B, n, _ = x.shape
+        e = self.embed(self.norm(x))  # (B, n, W)
+        if self.context:
+            if grid is None:
+                raise ValueError("this selector attends over the decoder's grid (context): pass it")
+            cells = self.cells(grid.float().flatten(2).transpose(1, 2))  # (B, h*w, W)
+            rel = _relative(x[..., self.geometry_at:self.geometry_at + GEOMETRY], grid.shape[-2:])  # (B, n, h*w, RELATIVE)
+            keys = (cells[:, None] + self.where(rel)).flatten(0, 1)  # (B*n, h*w, W)
+            e = e + self.look(e.reshape(B * n, 1, -1), keys, keys, need_weights=False)[0].view(B, n, -1)
+        if self.words:
+            if words is None:
+                raise ValueError("this selector attends over the words: pass them")
+            w = self.word_proj(words.float())
+            keep = word_mask.bool() if word_mask is not None else torch.ones(w.shape[:2], dtype=torch.bool, device=w.device)
+            keep = keep | ~keep.any(1, keepdim=True)  # a sentence with no words: attend over the padding
+            e = e + self.read(e, w, w, key_padding_mask=~keep, need_weights=False)[0]
+        if self.maps:
+            if mapped is None or words is None:
+                raise ValueError("this selector reads the decoder's attention maps and the words: pass them")
+            real = (word_mask.bool() if word_mask is not None else torch.ones(words.shape[:2], dtype=torch.bool,
+                                                                             device=words.device)).float()
+            z = self.word_region(torch.cat([mapped.float(), words.float()[:, None].expand(-1, n, -1, -1)], -1))
+            weight = self.word_weight(z)[..., 0].masked_fill(real[:, None] == 0, -1e4).softmax(-1)  # (B, n, T)
+            e = e + (weight[..., None] * z).sum(2)
+        e = e + self.attend(e, e, e, key_padding_mask=pad, need_weights=False)[0]
+        return self.score(e)[..., 0]
 
-    def forward(self, logits: torch.Tensor, hidden: torch.Tensor, grid: torch.Tensor,
-                sentence: torch.Tensor) -> torch.Tensor:
-        """logits (B, 1, h, w), hidden (B, h', S/4, S/4), grid (B, C, S/16, S/16), sentence (B, C)
-        -> logits (B, 1, h, w) with only the best region of each expression left above 0."""
+    def _score_one(self, b: int, x: torch.Tensor, labels: np.ndarray, n: int, grid: torch.Tensor,
+                   words: torch.Tensor | None, word_mask: torch.Tensor | None, maps: torch.Tensor | None) -> torch.Tensor:
+        """Expression b's regions x (n, D_in) -> scores (n,), with its grid, words and maps as they are asked for."""
+        reads_words = self.words or self.maps
+        mapped = None
+        if self.maps:
+            if maps is None:
+                raise ValueError("this selector reads the decoder's attention maps: pass them")
+            mapped = self.map_features(labels, n, maps[b], x[:, self.geometry_at:self.geometry_at + GEOMETRY])[None]
+        return self.scores(x[None], None, grid[b:b + 1] if self.context else None,
+                           words[b:b + 1] if reads_words else None,
+                           word_mask[b:b + 1] if reads_words and word_mask is not None else None, mapped)[0]
+
+    def forward(self, logits: torch.Tensor, hidden: torch.Tensor, grid: torch.Tensor, sentence: torch.Tensor,
+                words: torch.Tensor | None = None, word_mask: torch.Tensor | None = None,
+                maps: torch.Tensor | None = None) -> torch.Tensor:
+        """logits (B, 1, h, w), hidden (B, h', S/4, S/4), grid (B, C, S/16, S/16), sentence (B, C),
+        words (B, T, C) and word_mask (B, T) (read with ``words``) -> logits (B, 1, h, w) with only
+        the best region of each expression left above 0."""
         out = logits
         for b, (n, labels) in enumerate(label_regions(logits)):
             if n < 2:
                 continue
             with torch.no_grad():
                 x = self.region_features(logits[b, 0], labels, n, hidden[b], grid[b], sentence[b])
-                best = int(self.scores(x).argmax()) + 1
+                best = int(self._score_one(b, x, labels, n, grid, words, word_mask, maps).argmax()) + 1
             drop = torch.from_numpy((labels > 0) & (labels != best)).to(logits.device)
             if out is logits:
                 out = logits.clone()
@@ -135,7 +240,8 @@ class RegionSelector(nn.Module):
         return out
 
     def loss(self, logits: torch.Tensor, hidden: torch.Tensor, grid: torch.Tensor, sentence: torch.Tensor,
-             mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+             mask: torch.Tensor, words: torch.Tensor | None = None, word_mask: torch.Tensor | None = None,
+             maps: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
         """The training loss: mask (B, 1, S, S) the target, the rest as in :meth:`forward`. Returns
         (the mean cross-entropy over the expressions that count, their number); with none, a zero
         that still reaches every weight (so a step can run backward)."""
@@ -152,7 +258,9 @@ class RegionSelector(nn.Module):
                 continue
             x = self.region_features(logits[b, 0].detach(), labels, n, hidden[b].detach(), grid[b].detach(),
                                      sentence[b].detach())
-            losses.append(F.cross_entropy(self.scores(x)[None], iou.argmax()[None]))
+            score = self._score_one(b, x, labels, n, grid.detach(), None if words is None else words.detach(), word_mask,
+                                    None if maps is None else maps.detach())
+            losses.append(F.cross_entropy(score[None], iou.argmax()[None]))
         if not losses:
             return sum(p.sum() for p in self.parameters()) * 0.0, 0
         return torch.stack(losses).mean(), len(losses)
