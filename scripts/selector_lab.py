@@ -29,6 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def dump(args) -> int:
+    import torch
+
+    with torch.no_grad():
+        return _dump(args)
+
+
+def _dump(args) -> int:
     import numpy as np
     import torch
     import torch.nn as nn
@@ -43,7 +50,6 @@ def dump(args) -> int:
     from mmi.engine.evaluate import _expression_type
     from mmi.model.select import SUPPRESS, RegionSelector, label_regions
 
-    torch.set_grad_enabled(False)
     model, vocab, _ = load_inference(args.checkpoint)
     selector = model.selector if isinstance(model.selector, RegionSelector) else None
     if selector is None:

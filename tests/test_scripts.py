@@ -841,3 +841,56 @@ def test_region_oracle_scores_every_region_the_peaks_and_the_best(tmp_path):
     o = result["oracle"]["totals"]["oIoU"]
     assert o >= result["all"]["totals"]["oIoU"] - 1e-9 and o >= result["peak"]["totals"]["oIoU"] - 1e-9
     assert set(result["oracle"]["by_type"]) == set(result["all"]["by_type"])
+
+
+def test_selector_lab_scores_a_selector_as_the_evaluation_does(tmp_path, monkeypatch):
+    """scripts/selector_lab.py: a dump of a split, scored with the checkpoint's own selector, gives
+    the evaluation's overall IoU exactly (the lab's figures are the evaluation's); a selector it
+    trains is scored the same way, never above the oracle."""
+    import torch
+
+    from mmi.data import build_dataset
+    from mmi.data.synthetic.__main__ import main as generate
+    from mmi.engine import checkpoint
+    from mmi.engine.evaluate import evaluate
+    from mmi.model import build_model
+    from mmi.text import Vocabulary
+
+    script = load_script("selector_lab")
+    data = tmp_path / "data"
+    assert generate(["--out", str(data), "--images", "12", "--seed", "5", "--workers", "1", "--quiet"]) == 0
+    vocab = Vocabulary.from_sentences(["the leftmost red circle", "the second square from the top left of it"])
+    torch.manual_seed(0)
+    ckpt = str(tmp_path / "m.pt")
+    checkpoint.save_inference(ckpt, build_model("tiny", len(vocab), select_regions=True), vocab,
+                              meta={"dataset": "fixture", "epoch": 0})
+    load = checkpoint.load_inference
+
+    def two_regions_each(path):  # the mask head's map: two blobs, shaded by what it saw
+        model, vocab, meta = load(path)
+        head = model.mask_head.forward
+
+        def forward(*args, **kwargs):
+            coarse, hidden = head(*args, **kwargs)
+            lg = torch.full_like(coarse, -3.0)
+            lg[..., 6:8, 2:4], lg[..., 6:8, 10:13] = 2.0, 3.0
+            return lg + 0.1 * coarse.tanh(), hidden
+
+        model.mask_head.forward = forward
+        return model, vocab, meta
+
+    monkeypatch.setattr(checkpoint, "load_inference", two_regions_each)
+    dump = tmp_path / "val.pt"
+    assert script.main(["dump", ckpt, str(data), "--split", "val", "--batch-size", "4", "--out", str(dump)]) == 0
+    saved = torch.load(dump, weights_only=False)
+    assert len(saved["records"]) == saved["count"] > 0  # every expression: two regions
+    out = tmp_path / "shipped.json"
+    assert script.main(["fit", str(dump), "--shipped", ckpt, "--out", str(out)]) == 0
+    lab = json.loads(out.read_text())["result"]["all"]
+    model, vocab, _ = checkpoint.load_inference(ckpt)
+    ds = build_dataset("synref", str(data), "val", model.image_size, vocab, model.t_max, train=False)
+    assert abs(lab["oIoU"] - 100 * evaluate(model, ds, torch.device("cpu"), records=False)["totals"]["oIoU"]) < 1e-6
+    trained = tmp_path / "fit.json"
+    assert script.main(["fit", str(dump), str(dump), "--maps", "--epochs", "2", "--out", str(trained)]) == 0
+    got = json.loads(trained.read_text())["result"]["all"]
+    assert got["oracle"] >= got["oIoU"] - 1e-9 and got["several"] == len(saved["records"])
