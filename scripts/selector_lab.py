@@ -210,7 +210,7 @@ def fit(args) -> int:
         hidden = recs[0]["x"].shape[1] - 2 * dim - 11
         maps = recs[0]["mapped"].shape[-1] // MAP_FEATURES if args.maps else 0
         selector = RegionSelector(dim, hidden, width=args.width, context=args.context, words=args.words, maps=maps)
-        opt = torch.optim.Adam(selector.parameters(), lr=args.lr)
+        opt = torch.optim.AdamW(selector.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         steps = args.epochs * ((len(recs) + args.batch_size - 1) // args.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=steps, pct_start=0.05)
         start = time.time()
@@ -232,18 +232,25 @@ def fit(args) -> int:
                 sched.step()
                 total += float(loss.detach()) * len(idx)
             print(f"epoch {epoch + 1}: loss {total / len(recs):.4f} ({time.time() - start:.0f} s)", flush=True)
-        name = (f"context={args.context} words={args.words} maps={args.maps} width={args.width} epochs={args.epochs} lr={args.lr} "
+        name = (f"context={args.context} words={args.words} maps={args.maps} width={args.width} epochs={args.epochs} lr={args.lr} wd={args.weight_decay} "
                 f"seed={args.seed} records={len(recs)}")
     res = totals(val, score_records(selector, val["records"]))
     print(name)
+    soft = {}
     for unsure in args.unsure:
-        r = totals(val, score_records(selector, val["records"], unsure))["all"]
-        print(f"  every region kept below p={unsure}: oIoU {r['oIoU']:.2f}")
+        soft[str(unsure)] = totals(val, score_records(selector, val["records"], unsure))["all"]["oIoU"]
+        print(f"  every region kept below p={unsure}: oIoU {soft[str(unsure)]:.2f}")
     for k, v in res.items():
         print(f"  {k:12s} oIoU {v['oIoU']:.2f}  oracle {v['oracle']:.2f}  kept best {100 * v['kept_best']:.1f}% of {v['several']}")
+    also = {}
+    for path in args.also:  # other splits' dumps (held out: the design was picked on val)
+        other = torch.load(path, weights_only=False)
+        also[other["split"]] = totals(other, score_records(selector, other["records"]))
+        print(f"  {other['split']:12s} oIoU {also[other['split']]['all']['oIoU']:.2f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"selector": name, "val": str(args.val), "result": res}, indent=1))
+        Path(args.out).write_text(json.dumps({"selector": name, "val": str(args.val), "result": res,
+                                               "every_region_kept_below": soft, "also": also}, indent=1))
     return 0
 
 
@@ -269,10 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--max-records", type=int, help="train on the first N expressions with several regions")
     f.add_argument("--epochs", type=int, default=8)
     f.add_argument("--lr", type=float, default=1e-3)
+    f.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's (0: Adam's steps, as stage 4)")
     f.add_argument("--batch-size", type=int, default=32)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--unsure", type=float, nargs="*", default=[],
                    help="also score keeping every region where the choice's softmax is below each of these")
+    f.add_argument("--also", nargs="*", default=[], help="dumps of other splits to score the same selector on")
     f.add_argument("--out")
     args = p.parse_args(argv)
     if args.cmd == "fit" and not args.shipped and not args.train:

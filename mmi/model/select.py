@@ -16,9 +16,23 @@ each region from what the model knows of it and keeps the best:
              geometry: the region's highest and mean logit, its highest below the map's, log
              of its area share, centre, box (x0, x1, y0, y1, in [0, 1]), the number of regions
     e        = mlp(layernorm(x))             (n, W)
+    [maps]   e += sum_t a_rt z_rt,  z_rt = mlp([m_rt, F_t]), a_r = softmax_t(linear(z_r))
+             m_rt (MAP_FEATURES x M): what the decoder's M layer-head attention maps say of word t
+             and region r: the word's LAV mass inside r, its mean VAL there, where its LAV mass
+             lies from r's centre, and its LAV mass left of, right of, above and below r's box
+             (map_features: where "the second ... from the left" counts, where the anchor of
+             "left of the blue square" is)
+    [words]  e += attention(e, F_t)            the regions read the words
+    [context] e += attention(e, grid cells + where(cell - r))  the decoder's grid, seen from r
     e        = e + self_attention(e)          the regions see each other (which is leftmost ...)
     score    = linear(relu(e))               (n,)
     out      = logits, with every region but the best's set to at most ``SUPPRESS``
+
+The inputs in brackets are switches (``select_maps``, ``select_words``, ``select_context``), off
+in the shipped model. ``scripts/selector_lab.py`` compared them on its stage 3: every design
+lands within 0.7 points of the others on val, and the maps' small lead there did not hold on
+testA: the selector's evidence is the model's own, which already favoured the wrong object
+(README, "What was compared"). They are there for a model that grounds better.
 
 An expression with one region or none is left as it is, and the kept region's logits (and so its
 mask at any resolution) are unchanged: only the other regions' go. Its loss is the cross-entropy
