@@ -38,6 +38,7 @@ always S x S.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -347,6 +348,9 @@ class Predictor:
         self._cache: OrderedDict[str, tuple[dict, Letterbox]] = OrderedDict()
         self._lock = threading.RLock()
         self.encode_calls = 0  # images encoded (cache misses), for tests and the benchmark
+        # each expression tokenised once for its check and its decoding, and again only when it
+        # has left the last 256 asked for (an Encoded is read, never changed)
+        self._encode = functools.lru_cache(maxsize=256)(lambda expr: self.vocab.encode(expr, self.t_max))
 
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "cpu", cache_size: int = 8,
@@ -395,7 +399,7 @@ class Predictor:
         if len(exprs) > MAX_EXPRESSIONS:
             raise ValueError(f"{len(exprs)} expressions in one request; the limit is {MAX_EXPRESSIONS}")
         for i, e in enumerate(exprs, 1):
-            if not self.vocab.encode(e, self.t_max).tokens:
+            if not self._encode(e).tokens:
                 raise ValueError(f"expression {i} ({e[:40]!r}) has no words (only punctuation or symbols)")
         return exprs
 
@@ -436,7 +440,8 @@ class Predictor:
         regions = self.regions if regions is None else check_mode(regions)
         exprs = self.check_expressions(expressions)
         rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)
-        words, word_mask, encoded = self.vocab.encode_batch(exprs, self.t_max)
+        encoded = [self._encode(e) for e in exprs]
+        words, word_mask = torch.stack([e.ids for e in encoded]), torch.stack([e.mask for e in encoded])
         S = self.image_size
         with self._lock:
             feats, lb = self.features(rgb)
@@ -494,7 +499,7 @@ class Predictor:
         :func:`ablation_ious`."""
         exprs = self.check_expressions(expressions)
         rgb = load_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)
-        _, _, encoded = self.vocab.encode_batch(exprs, self.t_max)
+        encoded = [self._encode(e) for e in exprs]
         rows: list[list[int]] = []
         spans = []
         for enc in encoded:

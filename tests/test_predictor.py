@@ -88,6 +88,24 @@ def test_cache_reuses_features_and_gives_identical_results(tiny_checkpoint, monk
     assert image_key(a) != image_key(a[:, :-1]) and image_key(a) != image_key(a.astype(np.uint16))
 
 
+def test_each_expression_is_tokenised_once_and_kept(tiny_checkpoint, monkeypatch):
+    """The check of a request and its decoding share one tokenisation; an expression asked for
+    again is not tokenised again, and its results are the same."""
+    pred = Predictor.from_checkpoint(tiny_checkpoint)
+    seen = []
+    original = pred.vocab.encode
+    monkeypatch.setattr(pred.vocab, "encode", lambda s, t: seen.append(s) or original(s, t))
+    first = pred.predict(scene(seed=5), EXPRS[:3])
+    assert seen == EXPRS[:3]
+    again = pred.predict(scene(seed=5), EXPRS[:3] + EXPRS[:1])
+    assert seen == EXPRS[:3]
+    for x, y in zip(first, again):
+        assert np.array_equal(x.mask, y.mask) and x.tokens == y.tokens
+    with pytest.raises(ValueError, match="has no words"):
+        pred.predict(scene(seed=5), ["?!"])
+    assert pred.word_ablation(scene(seed=5), EXPRS[:1])[0]["tokens"] == first[0].tokens and seen[-1] == "?!"
+
+
 def test_unknown_and_truncated_words_are_reported(predictor):
     long_expr = " ".join(["red"] * 5 + ["zorblax"] + ["cube"] * 20)
     p = predictor.predict(scene(), [long_expr])[0]

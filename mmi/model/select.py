@@ -44,6 +44,8 @@ the logits pass through.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -75,6 +77,20 @@ def label_regions(logits: torch.Tensor) -> list[tuple[int, np.ndarray | None]]:
     return [label(m) for m in (logits[:, 0] > 0).cpu().numpy()]
 
 
+@functools.lru_cache(maxsize=16)
+def _cells(h: int, w: int, gh: int, gw: int, device: torch.device) -> torch.Tensor:
+    """(h*w,) the index of the gh x gw grid cell each pixel of an h x w map falls in (the grid
+    divides the map); kept per shape: the predictor asks for the same few shapes every time."""
+    fy, fx = h // gh, w // gw
+    return ((torch.arange(h, device=device) // fy)[:, None] * gw + (torch.arange(w, device=device) // fx)[None, :]).flatten()
+
+
+@functools.lru_cache(maxsize=16)
+def _coordinates(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h*w,) each pixel's column x and row y (row-major, int64), kept per shape."""
+    return torch.arange(w, device=device).repeat(h), torch.arange(h, device=device).repeat_interleave(w)
+
+
 def _region_shares(lab: torch.Tensor, n: int, h: int, w: int, size: tuple[int, int]) -> torch.Tensor:
     """lab (h*w,) region labels 0..n -> (n, H', W'): the share of each cell of an H' x W' grid that
     each region covers (each region's mask resized to the grid with ``interpolate(mode="area")``),
@@ -83,11 +99,9 @@ def _region_shares(lab: torch.Tensor, n: int, h: int, w: int, size: tuple[int, i
     if h % gh or w % gw:
         masks = F.one_hot(lab.view(h, w), n + 1)[..., 1:].permute(2, 0, 1).float()
         return F.interpolate(masks[:, None], size=(gh, gw), mode="area")[:, 0]
-    fy, fx = h // gh, w // gw
-    dev = lab.device
-    cell = ((torch.arange(h, device=dev) // fy)[:, None] * gw + (torch.arange(w, device=dev) // fx)[None, :]).flatten()
+    cell = _cells(h, w, gh, gw, lab.device)
     counts = torch.bincount(cell * (n + 1) + lab, minlength=gh * gw * (n + 1)).view(gh * gw, n + 1)
-    return (counts[:, 1:].T.float() / (fy * fx)).reshape(n, gh, gw)
+    return (counts[:, 1:].T.float() / ((h // gh) * (w // gw))).reshape(n, gh, gw)
 
 
 class RegionSelector(nn.Module):
@@ -133,24 +147,23 @@ class RegionSelector(nn.Module):
         lab = torch.from_numpy(labels).to(dev).long().flatten()  # (h*w,)
         pooled = []
         for feats in (hidden, grid):
-            share = _region_shares(lab, n, h, w, feats.shape[-2:])  # (n, h', w')
-            pooled.append(torch.einsum("nyx,cyx->nc", share, feats.float()) / share.sum((1, 2)).clamp(min=1e-6)[:, None])
+            share = _region_shares(lab, n, h, w, feats.shape[-2:]).flatten(1)  # (n, h'w')
+            pooled.append((share @ feats.flatten(1).float().T) / share.sum(1).clamp(min=1e-6)[:, None])
         lg = logits.float().flatten()
-        ys = torch.arange(h, device=dev, dtype=torch.float32).repeat_interleave(w)
-        xs = torch.arange(w, device=dev, dtype=torch.float32).repeat(h)
-
-        def per_region(values: torch.Tensor, reduce: str) -> torch.Tensor:
-            init = {"sum": 0.0, "amax": -1e9, "amin": 1e9}[reduce]
-            out = torch.full((n + 1,), init, device=dev, dtype=torch.float32)
-            return out.scatter_reduce(0, lab, values, reduce=reduce, include_self=True)[1:]
-
-        area = per_region(torch.ones_like(lg), "sum")
-        high = per_region(lg, "amax")
+        xs, ys = _coordinates(h, w, dev)
+        # each region's pixels per column and per row (two bincounts): its area, centre and box
+        cols = torch.bincount(lab * w + xs, minlength=(n + 1) * w).view(n + 1, w)[1:].float()  # (n, w)
+        rows = torch.bincount(lab * h + ys, minlength=(n + 1) * h).view(n + 1, h)[1:].float()  # (n, h)
+        area = cols.sum(1)
+        cx = cols @ torch.arange(w, device=dev, dtype=torch.float32) / area
+        cy = rows @ torch.arange(h, device=dev, dtype=torch.float32) / area
+        x0, x1 = (cols > 0).float().argmax(1), w - 1 - (cols > 0).flip(1).float().argmax(1)
+        y0, y1 = (rows > 0).float().argmax(1), h - 1 - (rows > 0).flip(1).float().argmax(1)
+        high = torch.full((n + 1,), -1e9, device=dev).scatter_reduce(0, lab, lg, "amax")[1:]
+        mean = torch.bincount(lab, weights=lg, minlength=n + 1)[1:].float() / area
         geo = torch.stack([
-            high, per_region(lg, "sum") / area, high - lg.max(), torch.log(area / (h * w)),
-            per_region(xs, "sum") / area / w, per_region(ys, "sum") / area / h,
-            per_region(xs, "amin") / w, per_region(xs, "amax") / w, per_region(ys, "amin") / h, per_region(ys, "amax") / h,
-            torch.full_like(area, float(n)),
+            high, mean, high - lg.max(), torch.log(area / (h * w)), cx / w, cy / h,
+            x0.float() / w, x1.float() / w, y0.float() / h, y1.float() / h, torch.full_like(area, float(n)),
         ], dim=1)
         return torch.cat([pooled[0], pooled[1], geo, sentence.float()[None].expand(n, -1)], dim=1)
 
