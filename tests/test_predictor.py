@@ -303,3 +303,37 @@ def test_precision_is_chosen_checked_and_used(tiny_checkpoint, monkeypatch):
         assert Predictor.from_checkpoint(tiny_checkpoint, amp="auto").amp == ("bf16" if has else "off")
     with pytest.raises(ValueError, match="amp must be one of"):
         Predictor.from_checkpoint(tiny_checkpoint, amp="fp16")
+
+
+def test_bench_predictor_interleaves_the_cases_and_repeats_hit_the_cache(tiny_checkpoint, monkeypatch):
+    """bench/bench_predictor.py: every case timed ``repeats`` times; each "first" on a new image
+    (the model encodes it), each "repeat" from the cache; no image is made while the clock runs."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "bench_predictor.py")
+    spec = importlib.util.spec_from_file_location("bench_predictor", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    pred = Predictor.from_checkpoint(tiny_checkpoint)
+    clock = {"running": False, "made_while_running": 0}
+    make, timed = bench.image, bench.timed
+
+    def image(*args):
+        clock["made_while_running"] += clock["running"]
+        return make(*args)
+
+    def timed_flagged(fn):
+        clock["running"] = True
+        try:
+            return timed(fn)
+        finally:
+            clock["running"] = False
+
+    monkeypatch.setattr(bench, "image", image)
+    monkeypatch.setattr(bench, "timed", timed_flagged)
+    medians, minima = bench.run(pred, EXPRS[:3], repeats=3, h=40, w=56)
+    assert set(medians) == set(minima) == {"first, 1 expr", "repeat, 1 expr", "first, 3 expr", "repeat, 3 expr"}
+    assert all(0 < minima[k] <= medians[k] for k in medians)
+    assert clock["made_while_running"] == 0
+    assert pred.encode_calls == 1 + 2 + 3 * 2  # the warm-up, the two cached images, each round's two new ones
