@@ -51,6 +51,9 @@ def peak_label(labels: np.ndarray, mask: np.ndarray, prob: np.ndarray) -> int:
     the non-empty ``mask`` (ties: the first in row-major order)."""
     if mask.shape != prob.shape:
         raise ValueError(f"mask {mask.shape} and probabilities {prob.shape} differ")
+    top = int(np.argmax(prob))
+    if mask.flat[top]:  # the map's first maximum lies in the mask (mask = prob > t): no masked copy
+        return int(labels.flat[top])
     return int(labels.flat[int(np.argmax(np.where(mask, prob, -np.inf)))])
 
 
