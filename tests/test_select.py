@@ -117,6 +117,18 @@ def test_the_loss_targets_the_region_overlapping_the_mask_best():
         assert count == 0 and zero.item() == 0.0 and zero.requires_grad
 
 
+def _fit(sel: RegionSelector, examples) -> RegionSelector:
+    """Train ``sel`` (Adam, lr 3e-3) one step per example (logits, hidden, grid, sentence, target,
+    keyword inputs); returned in eval mode."""
+    opt = torch.optim.Adam(sel.parameters(), lr=0.003)
+    for lg, hidden, grid, sentence, target, extra in examples:
+        loss, _ = sel.loss(lg, hidden, grid, sentence, target, **extra)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return sel.eval()
+
+
 def test_a_selector_learns_to_keep_the_leftmost_region():
     """Trained on random scenes of 2-4 blobs whose target is always the leftmost, it keeps the
     leftmost on scenes it has not seen (the geometry and the regions' attention carry it)."""
@@ -135,17 +147,12 @@ def test_a_selector_learns_to_keep_the_leftmost_region():
         target[..., 4 * int(rows.min()) : 4 * int(rows.max() + 1), 4 * c : 4 * (c + 3)] = 1
         return lg, target, c
 
-    sel = RegionSelector(dim=8, hidden_channels=4)
-    opt = torch.optim.Adam(sel.parameters(), lr=0.003)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(300):
-        lg, target, _ = scene(g)
-        hidden, grid, sentence = _inputs(size=24, seed=int(torch.randint(0, 1000, (1,), generator=g)))
-        loss, _ = sel.loss(lg, hidden, grid, sentence, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    sel.eval()
+    def examples(g):
+        for _ in range(300):
+            lg, target, _ = scene(g)
+            yield (lg, *_inputs(size=24, seed=int(torch.randint(0, 1000, (1,), generator=g))), target, {})
+
+    sel = _fit(RegionSelector(dim=8, hidden_channels=4), examples(torch.Generator().manual_seed(1)))
     g = torch.Generator().manual_seed(99)
     right = 0
     for i in range(40):
@@ -280,44 +287,51 @@ def test_padded_batches_score_as_each_expression_alone():
         sel.scores(xs[0], None, None, words[:1], word_mask[:1], maps[0])
 
 
+def _two_candidates(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, 1, 32, 32) logits of two like regions (left, right) and the target mask of one side."""
+    lg = torch.full((1, 1, 32, 32), -3.0)
+    lg[0, 0, 14:18, 4:8] = lg[0, 0, 14:18, 24:28] = 2.0
+    target = torch.zeros(1, 1, 32, 32)
+    target[..., 14:18, (4, 24)[side] : (8, 28)[side]] = 1
+    return lg, target
+
+
+def _learned_choice(sel: RegionSelector, scene, steps: int) -> float:
+    """Train ``sel`` on ``steps`` scenes (``scene(g)`` -> (side, grid (1, 8, 8, 8), keyword inputs));
+    the share of 40 new ones where it keeps the target's region alone."""
+    hidden, sentence = torch.zeros(1, 4, 32, 32), torch.zeros(1, 8)
+
+    def examples(g):
+        for _ in range(steps):
+            side, grid, extra = scene(g)
+            lg, target = _two_candidates(side)
+            yield lg, hidden, grid, sentence, target, extra
+
+    _fit(sel, examples(torch.Generator().manual_seed(1)))
+    g = torch.Generator().manual_seed(99)
+    right = 0
+    with torch.no_grad():
+        for _ in range(40):
+            side, grid, extra = scene(g)
+            kept = (sel(_two_candidates(side)[0], hidden, grid, sentence, **extra) > 0)[0, 0]
+            right += int(kept[:, (4, 24)[side]].any() and not kept[:, (24, 4)[side]].any())
+    return right / 40
+
+
 def test_with_context_it_learns_a_choice_that_lies_outside_the_regions():
     """Two candidate regions; the target is the one nearer a marker that only the decoder's grid
     shows (no region holds it): the selector with ``context`` learns it, the plain one cannot."""
     def scene(g):
-        lg = torch.full((1, 1, 32, 32), -3.0)
-        lg[0, 0, 14:18, 4:8] = lg[0, 0, 14:18, 24:28] = 2.0
         grid = torch.randn(1, 8, 8, 8, generator=g) * 0.1
         side = int(torch.randint(0, 2, (1,), generator=g))
         col = int(torch.randint(0, 2, (1,), generator=g)) + (0 if side == 0 else 6)
         grid[0, 0, int(torch.randint(0, 8, (1,), generator=g)), col] = 3.0  # the marker
-        target = torch.zeros(1, 1, 32, 32)
-        target[..., 14:18, (4, 24)[side] : (8, 28)[side]] = 1
-        return lg, grid, target, side
+        return side, grid, {}
 
-    def accuracy(context: bool) -> float:
-        torch.manual_seed(0)
-        sel = RegionSelector(dim=8, hidden_channels=4, context=context)
-        opt = torch.optim.Adam(sel.parameters(), lr=0.003)
-        g = torch.Generator().manual_seed(1)
-        hidden, sentence = torch.zeros(1, 4, 32, 32), torch.zeros(1, 8)
-        for _ in range(250):
-            lg, grid, target, _ = scene(g)
-            loss, _ = sel.loss(lg, hidden, grid, sentence, target)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        sel.eval()
-        g = torch.Generator().manual_seed(99)
-        right = 0
-        with torch.no_grad():
-            for _ in range(40):
-                lg, grid, _, side = scene(g)
-                kept = (sel(lg, hidden, grid, sentence) > 0)[0, 0]
-                right += int(kept[:, (4, 24)[side]].any() and not kept[:, (24, 4)[side]].any())
-        return right / 40
-
-    assert accuracy(True) >= 0.9
-    assert accuracy(False) <= 0.75
+    torch.manual_seed(0)
+    assert _learned_choice(RegionSelector(dim=8, hidden_channels=4, context=True), scene, 250) >= 0.9
+    torch.manual_seed(0)
+    assert _learned_choice(RegionSelector(dim=8, hidden_channels=4), scene, 250) <= 0.75
 
 
 def test_select_context_words_and_maps_reach_the_model_and_are_checked():
@@ -345,39 +359,20 @@ def test_with_maps_it_keeps_the_region_a_word_attends_to():
     """Two candidate regions, nothing telling them apart but where the first word's LAV mass lies
     (the decoder's attention maps): the selector with ``maps`` learns to keep that region."""
     T, M = 4, 2
+    words, word_mask = torch.randn(1, T, 8), torch.ones(1, T, dtype=torch.bool)
 
     def scene(g):
-        lg = torch.full((1, 1, 32, 32), -3.0)
-        lg[0, 0, 14:18, 4:8] = lg[0, 0, 14:18, 24:28] = 2.0
         side = int(torch.randint(0, 2, (1,), generator=g))
         lav = torch.softmax(torch.randn(M, T, 64, generator=g), -1).view(M, T, 8, 8)
         lav[:, 0] = 0.0
         lav[:, 0, 3:5, (1, 6)[side]] = 0.5  # the first word looks at the target
         val = torch.softmax(torch.randn(M, T, 8, 8, generator=g), 1)
-        target = torch.zeros(1, 1, 32, 32)
-        target[..., 14:18, (4, 24)[side] : (8, 28)[side]] = 1
-        return lg, torch.stack([lav, val])[None], target, side
+        return side, torch.zeros(1, 8, 8, 8), {"words": words, "word_mask": word_mask,
+                                              "maps": torch.stack([lav, val])[None]}
 
     torch.manual_seed(0)
     sel = RegionSelector(dim=8, hidden_channels=4, maps=M)
-    opt = torch.optim.Adam(sel.parameters(), lr=0.003)
-    g = torch.Generator().manual_seed(1)
-    hidden, grid, sentence = torch.zeros(1, 4, 32, 32), torch.zeros(1, 8, 8, 8), torch.zeros(1, 8)
-    words, word_mask = torch.randn(1, T, 8), torch.ones(1, T, dtype=torch.bool)
-    for _ in range(150):
-        lg, maps, target, _ = scene(g)
-        loss, _ = sel.loss(lg, hidden, grid, sentence, target, words=words, word_mask=word_mask, maps=maps)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    sel.eval()
-    g = torch.Generator().manual_seed(99)
-    right = 0
-    with torch.no_grad():
-        for _ in range(40):
-            lg, maps, _, side = scene(g)
-            kept = (sel(lg, hidden, grid, sentence, words, word_mask, maps) > 0)[0, 0]
-            right += int(kept[:, (4, 24)[side]].any() and not kept[:, (24, 4)[side]].any())
-    assert right >= 36
+    assert _learned_choice(sel, scene, 150) >= 0.9
+    lg = _two_candidates(0)[0]
     with pytest.raises(ValueError, match="attention maps"):
-        sel(lg, hidden, grid, sentence, words, word_mask)
+        sel(lg, torch.zeros(1, 4, 32, 32), torch.zeros(1, 8, 8, 8), torch.zeros(1, 8), words, word_mask)
