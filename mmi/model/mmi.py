@@ -182,7 +182,8 @@ class MMI(nn.Module):
             inputs = {"logits": out["logits"], "hidden": hidden, "grid": grid, "sentence": lang[1], "words": lang[0],
                       "word_mask": word_mask, "maps": None}
             if self.selector.maps:  # (B, 2, layers * heads, T, H, W): LAV and VAL
-                inputs["maps"] = torch.stack([torch.cat([m[k] for m in maps], 1) for k in ("lav", "val")], 1).unflatten(-1, (H, W))
+                stacked = [torch.cat([m[k] for m in maps], 1) for k in ("lav", "val")]
+                inputs["maps"] = torch.stack(stacked, 1).unflatten(-1, (H, W))
             if self.training:
                 out["select_inputs"] = inputs
             else:

@@ -25,9 +25,10 @@ Settings:
     refine_context (the refiner also reads how far each pixel is below the coarse map's peak
     and the peak's region, refine.py; off by default); select_regions (a RegionSelector keeps one
     8-connected region of each expression's mask, chosen by a learned scorer, select.py; off by
-    default) and select_only (train the selector alone); select_context and select_words (the
-    selector also attends over the decoder's grid, told where each cell lies from the region, and
-    over the words; off by default).
+    default) and select_only (train the selector alone); select_maps, select_words and
+    select_context (the selector also reads, per word, what the decoder's attention maps say of
+    each region; attends over the words; attends over the decoder's grid, told where each cell
+    lies from the region; off by default).
 
 Backbone weights: a path loads that file (Darknet ``.weights`` or a PyTorch state dict
 for darknet53; official or torchvision Swin checkpoints for swin_b; a state dict for any);

@@ -63,10 +63,7 @@ def _relative(geometry: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """geometry (B, n, GEOMETRY) of regions (region_features), size (h, w) of a grid -> (B, n, h*w,
     RELATIVE): where each cell's centre lies from each region, in image widths and heights: from
     its centre (dx, dy) and from its box's edges (x - x0, x - x1, y - y0, y - y1)."""
-    h, w = int(size[0]), int(size[1])
-    dev = geometry.device
-    ys = ((torch.arange(h, device=dev, dtype=torch.float32) + 0.5) / h).repeat_interleave(w)
-    xs = ((torch.arange(w, device=dev, dtype=torch.float32) + 0.5) / w).repeat(h)
+    xs, ys = _cell_centres(int(size[0]), int(size[1]), geometry.device)
     g = geometry[..., None, :]  # (B, n, 1, GEOMETRY)
     return torch.stack([xs - g[..., 4], ys - g[..., 5], xs - g[..., 6], xs - g[..., 7], ys - g[..., 8], ys - g[..., 9]], -1)
 
@@ -83,6 +80,14 @@ def _cells(h: int, w: int, gh: int, gw: int, device: torch.device) -> torch.Tens
     divides the map); kept per shape: the predictor asks for the same few shapes every time."""
     fy, fx = h // gh, w // gw
     return ((torch.arange(h, device=device) // fy)[:, None] * gw + (torch.arange(w, device=device) // fx)[None, :]).flatten()
+
+
+@functools.lru_cache(maxsize=16)
+def _cell_centres(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h*w,) each cell's centre x and y of an h x w grid, in [0, 1] (row-major), kept per shape."""
+    ys = ((torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h).repeat_interleave(w)
+    xs = ((torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w).repeat(h)
+    return xs, ys
 
 
 @functools.lru_cache(maxsize=16)
@@ -110,7 +115,8 @@ class RegionSelector(nn.Module):
     each region also attends over the decoder's grid, its keys and values told where each cell lies
     from the region (``select_context``: what surrounds a candidate, the anchor of "left of the
     blue square", the other squares of "the second square"); words: each region also attends over
-    the words F_t (``select_words``)."""
+    the words F_t (``select_words``); maps: M, the decoder's layers x heads, to read per word what
+    its attention maps say of each region (``select_maps``; 0: off; :meth:`map_features`)."""
 
     def __init__(self, dim: int, hidden_channels: int, width: int = 64, heads: int = 4,
                  context: bool = False, words: bool = False, maps: int = 0):
@@ -180,9 +186,7 @@ class RegionSelector(nn.Module):
         lav, val = maps[0].float().flatten(-2), maps[1].float().flatten(-2)  # (M, T, H'W')
         mass = torch.einsum("nc,mtc->ntm", share, lav)
         mean = torch.einsum("nc,mtc->ntm", share, val) / share.sum(1).clamp(min=1e-6)[:, None, None]
-        gh, gw = maps.shape[-2:]
-        ys = ((torch.arange(gh, device=maps.device, dtype=torch.float32) + 0.5) / gh).repeat_interleave(gw)
-        xs = ((torch.arange(gw, device=maps.device, dtype=torch.float32) + 0.5) / gw).repeat(gh)
+        xs, ys = _cell_centres(int(maps.shape[-2]), int(maps.shape[-1]), maps.device)
         total = lav.sum(-1).clamp(min=1e-6)  # (M, T): 0 for padded words
         cx, cy = (lav @ xs) / total, (lav @ ys) / total  # (M, T)
         dx = cx.T[None] - geometry[:, 4, None, None]  # (n, T, M)
