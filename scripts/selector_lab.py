@@ -48,7 +48,7 @@ def _dump(args) -> int:
     from mmi.data.transforms import Letterbox
     from mmi.engine.checkpoint import load_inference
     from mmi.engine.evaluate import _expression_type
-    from mmi.model.select import SUPPRESS, RegionSelector, label_regions
+    from mmi.model.select import GEOMETRY, SUPPRESS, RegionSelector, label_regions, loss_target, region_ious
 
     model, vocab, _ = load_inference(args.checkpoint)
     selector = model.selector if isinstance(model.selector, RegionSelector) else None
@@ -73,13 +73,13 @@ def _dump(args) -> int:
     ds = build_dataset("synref", args.data_root, args.split, model.image_size, vocab, model.t_max, train=False)
     n_items = len(ds) if args.max_items is None else min(len(ds), args.max_items)
     scored = args.split != "train"
-    records, fixed, types = [], {}, {}
+    records, fixed = [], {}
     loader = DataLoader(Subset(ds, range(n_items)), batch_size=args.batch_size, collate_fn=collate)
     with tqdm(total=n_items, desc=f"dump {args.split}", unit="expr", dynamic_ncols=True) as bar:
         for batch in loader:
             model({"image": batch["image"], "words": batch["words"], "word_mask": batch["word_mask"]})
             logits = seen["logits"]
-            target = F.interpolate(batch["mask"].float(), size=logits.shape[-2:], mode="area")[:, 0] > 0.5
+            target = loss_target(batch["mask"], logits.shape[-2:])
             size = batch["image"].shape[-1]
             for b, ((n, labels), meta) in enumerate(zip(label_regions(logits), batch["meta"])):
                 kind = _expression_type(ds, meta) or "all"
@@ -98,12 +98,9 @@ def _dump(args) -> int:
                         t = fixed.setdefault(kind, [0, 0, 0])
                         t[0] += i; t[1] += u; t[2] += 1
                     continue
-                lab = torch.from_numpy(labels).long().flatten()
-                tb = target[b].flatten()
-                inter = torch.bincount(lab[tb], minlength=n + 1)[1:]
-                iou = (inter / (torch.bincount(lab, minlength=n + 1)[1:] + tb.sum() - inter)).float()
+                iou = region_ious(labels, n, target[b])
                 x = selector.region_features(logits[b, 0], labels, n, seen["hidden"][b], seen["grid"][b], seen["sentence"][b])
-                geo = x[:, selector.geometry_at:selector.geometry_at + 11]
+                geo = x[:, selector.geometry_at:selector.geometry_at + GEOMETRY]
                 rec = {"type": kind, "x": x.clone(), "iou": iou, "grid": seen["grid"][b].half().clone(),
                        "mapped": selector.map_features(labels, n, seen["maps"][b], geo).half(),
                        "words": seen["words"][b].half().clone() if seen["words"] is not None else None,
@@ -125,7 +122,7 @@ def _dump(args) -> int:
     return 0
 
 
-def _batch(records, idx, device="cpu"):
+def _batch(records, idx):
     """Pad a list of records to (B, n_max, D) with a padding mask (B, n_max) True where padded."""
     import torch
 

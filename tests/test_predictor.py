@@ -337,3 +337,20 @@ def test_bench_predictor_interleaves_the_cases_and_repeats_hit_the_cache(tiny_ch
     assert all(0 < minima[k] <= medians[k] for k in medians)
     assert clock["made_while_running"] == 0
     assert pred.encode_calls == 1 + 2 + 3 * 2  # the warm-up, the two cached images, each round's two new ones
+
+
+def test_profile_predictor_prints_what_the_extra_expressions_cost(tiny_checkpoint, capsys):
+    """bench/profile_predictor.py: two tables (torch operators, Python functions), N minus 1."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "profile_predictor.py")
+    spec = importlib.util.spec_from_file_location("profile_predictor", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--checkpoint", tiny_checkpoint, "--amp", "off", "--expressions", "3", "--repeats", "1",
+                        "--top", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "torch operators, self CPU: ms per request, 3 expressions minus 1" in out
+    assert "Python functions, cumulative" in out and "predict)" in out
+    assert sum(line.startswith(" ") for line in out.splitlines()) == 8  # 4 rows a table

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmi.regions import keep_regions
+from mmi.regions import keep_regions, label, peak_label
 
 
 def _two_blobs():
@@ -43,3 +43,20 @@ def test_bad_mode_and_shapes_are_refused():
         keep_regions(mask, prob, "largest")
     with pytest.raises(ValueError, match="differ"):
         keep_regions(mask, prob[:10], "peak")
+
+
+def test_peak_label_reads_the_highest_probability_inside_the_mask():
+    """The map's maximum inside the mask, wherever the map's own maximum lies; ties: the first in
+    row-major order."""
+    prob = np.zeros((6, 8), np.float32)
+    prob[1, 1], prob[4, 6], prob[0, 4] = 0.7, 0.8, 0.95  # the map's maximum lies outside the mask
+    mask = np.zeros((6, 8), bool)
+    mask[0:3, 0:3] = mask[3:6, 5:8] = True
+    n, labels = label(mask)
+    assert n == 2 and peak_label(labels, mask, prob) == labels[4, 6]
+    prob[0, 4] = 0.0  # now inside: the same answer from the map's own maximum
+    assert peak_label(labels, mask, prob) == labels[4, 6]
+    prob[1, 1] = 0.8  # a tie: the first in row-major order
+    assert peak_label(labels, mask, prob) == labels[1, 1]
+    with pytest.raises(ValueError, match="differ"):
+        peak_label(labels, mask, prob[:, :4])

@@ -74,6 +74,20 @@ def label_regions(logits: torch.Tensor) -> list[tuple[int, np.ndarray | None]]:
     return [label(m) for m in (logits[:, 0] > 0).cpu().numpy()]
 
 
+def loss_target(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """mask (B, 1, S, S) -> (B, h, w) bool: the target at the logits' resolution (area, > 0.5)."""
+    return F.interpolate(mask.float(), size=size, mode="area")[:, 0] > 0.5
+
+
+def region_ious(labels: np.ndarray, n: int, target: torch.Tensor) -> torch.Tensor:
+    """labels (h, w) with regions 1..n, target (h, w) bool -> (n,) each region's IoU with the
+    target (the loss's: the region it aims at is the argmax), from two bincounts."""
+    lab = torch.from_numpy(labels).to(target.device).long().flatten()
+    t = target.flatten()
+    inter = torch.bincount(lab[t], minlength=n + 1)[1:]
+    return (inter / (torch.bincount(lab, minlength=n + 1)[1:] + t.sum() - inter)).float()
+
+
 @functools.lru_cache(maxsize=16)
 def _cells(h: int, w: int, gh: int, gw: int, device: torch.device) -> torch.Tensor:
     """(h*w,) the index of the gh x gw grid cell each pixel of an h x w map falls in (the grid
@@ -276,15 +290,12 @@ class RegionSelector(nn.Module):
         """The training loss: mask (B, 1, S, S) the target, the rest as in :meth:`forward`. Returns
         (the mean cross-entropy over the expressions that count, their number); with none, a zero
         that still reaches every weight (so a step can run backward)."""
-        target = F.interpolate(mask.float(), size=logits.shape[-2:], mode="area")[:, 0] > 0.5
+        target = loss_target(mask, logits.shape[-2:])
         losses = []
         for b, (n, labels) in enumerate(label_regions(logits.detach())):
             if n < 2:
                 continue
-            lab = torch.from_numpy(labels).to(logits.device).long().flatten()
-            t = target[b].flatten()
-            inter = torch.bincount(lab[t], minlength=n + 1)[1:]
-            iou = inter / (torch.bincount(lab, minlength=n + 1)[1:] + t.sum() - inter)
+            iou = region_ious(labels, n, target[b])
             if iou.max() <= 0:
                 continue
             x = self.region_features(logits[b, 0].detach(), labels, n, hidden[b].detach(), grid[b].detach(),
