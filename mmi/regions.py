@@ -40,10 +40,31 @@ def split_regions(mask: np.ndarray, prob: np.ndarray, mode: str = "all") -> tupl
     """(:func:`keep_regions`'s mask, the number of 8-connected regions of ``mask`` before any
     was dropped), from one labelling."""
     check_mode(mode)
-    n, labels = label(mask)
+    if mode != "all" and mask.shape != prob.shape:
+        raise ValueError(f"mask {mask.shape} and probabilities {prob.shape} differ")
+    box = bounding_box(mask)
+    if box is None:
+        return mask, 0
+    # labelled in the box around the mask: the same regions, a fraction of a full-size image's pixels
+    inner = (slice(box[0], box[1]), slice(box[2], box[3]))
+    n, labels = label(mask[inner])
     if mode == "all" or n <= 1:
         return mask, n
-    return labels == peak_label(labels, mask, prob), n
+    kept = np.zeros_like(mask)
+    # in the box, row-major order is the image's: ties fall as they would on the whole map
+    kept[inner] = labels == peak_label(labels, mask[inner], prob[inner])
+    return kept, n
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, y1, x0, x1), the smallest box (ends exclusive) holding every True pixel of an (H, W)
+    mask; None for an empty mask."""
+    rows = np.flatnonzero(mask.any(1))
+    if not len(rows):
+        return None
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(mask[y0:y1].any(0))
+    return y0, y1, int(cols[0]), int(cols[-1]) + 1
 
 
 def peak_label(labels: np.ndarray, mask: np.ndarray, prob: np.ndarray) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmi.regions import keep_regions, label, peak_label
+from mmi.regions import bounding_box, keep_regions, label, peak_label, split_regions
 
 
 def _two_blobs():
@@ -60,3 +60,27 @@ def test_peak_label_reads_the_highest_probability_inside_the_mask():
     assert peak_label(labels, mask, prob) == labels[1, 1]
     with pytest.raises(ValueError, match="differ"):
         peak_label(labels, mask, prob[:, :4])
+
+
+def test_regions_found_in_the_masks_box_are_the_whole_images():
+    """split_regions labels only the box around the mask: the count and the kept region are those
+    of labelling the whole image (regions touching the borders, ties of the peak, one pixel)."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        h, w = rng.integers(1, 40, 2)
+        prob = rng.random((h, w)).astype(np.float32)
+        prob = np.round(prob * 8) / 8  # coarse values: ties of the peak are common
+        mask = prob > rng.choice([0.5, 0.7, 0.9])
+        n_full, labels = label(mask)
+        kept, n = split_regions(mask, prob, "peak")
+        assert n == n_full
+        if n_full >= 2:
+            assert np.array_equal(kept, labels == peak_label(labels, mask, prob)), trial
+        else:
+            assert kept is mask
+        every, n_all = split_regions(mask, prob, "all")
+        assert every is mask and n_all == n_full
+    assert bounding_box(np.zeros((3, 4), bool)) is None
+    one = np.zeros((5, 6), bool)
+    one[4, 5] = one[1, 2] = True
+    assert bounding_box(one) == (1, 5, 2, 6)
