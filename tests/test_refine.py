@@ -196,22 +196,3 @@ def test_refine_context_needs_a_refiner_and_a_checkpoint_without_it_builds_none(
     stored = dict(build_model("tiny", 20, refine_channels=8).config)
     stored.pop("refine_context")
     assert not build_model_from_config(stored).refiner.context
-
-
-def test_a_channels_last_refiner_draws_the_same_boxes():
-    """The predictor's model is channels-last; the refiner then hands its convolutions each box in
-    that format (no reorder per convolution): the same logits as the contiguous model's."""
-    torch.manual_seed(0)
-    r = MaskRefiner(hidden_channels=4, channels=8, context=True).eval()
-    torch.nn.init.normal_(r.out.weight, std=0.1)
-    image, hidden = torch.randn(1, 3, 64, 64), torch.randn(2, 4, 16, 16)
-    logits = torch.full((2, 1, 16, 16), -8.0)
-    logits[0, 0, 6:9, 7:10] = 3.0
-    logits[1, 0, 0:2, 12:16] = 1.0
-    with torch.no_grad():
-        plain = r(r.encode(image), hidden, logits)
-        r.to(memory_format=torch.channels_last)
-        assert r.inp[0].weight.is_contiguous(memory_format=torch.channels_last)
-        last = r(r.encode(image.contiguous(memory_format=torch.channels_last)), hidden, logits)
-    assert torch.allclose(plain, last, atol=1e-5) and not torch.equal(plain[0], F.interpolate(
-        logits, size=(32, 32), mode="bilinear", align_corners=False)[0])

@@ -145,10 +145,5 @@ class MaskRefiner(nn.Module):
                     ctx: torch.Tensor | None = None) -> torch.Tensor:
         """low, h, up (and ``context``'s ctx) on the same stride-2 window -> the correction to ``up`` there."""
         parts = [low.to(h.dtype), h, up.to(h.dtype)] + ([] if ctx is None else [ctx.to(h.dtype)])
-        # channels-last, the format of the weights (the predictor's model): else each convolution
-        # reorders its input, and at the box's size that costs more than it computes (same values)
-        x = torch.cat(parts, dim=1)
-        if self.inp[0].weight.is_contiguous(memory_format=torch.channels_last):
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = self.inp(x)
+        x = self.inp(torch.cat(parts, dim=1))
         return self.out(self.blocks(x)).to(up.dtype)
