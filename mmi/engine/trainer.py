@@ -87,11 +87,11 @@ def set_seed(seed: int) -> None:
 
 
 def load_init(model: torch.nn.Module, state: dict) -> list[str]:
-    """Load ``train.init_from``'s weights into ``model``; a refiner or region selector the
-    checkpoint lacks (a trained model given one) keeps its own initialisation. Returns the names of the modules
+    """Load ``train.init_from``'s weights into ``model``; a refiner, region selector or word-places
+    block the checkpoint lacks (a trained model given one) keeps its own initialisation. Returns the names of the modules
     left so; any other missing or unexpected key is a RuntimeError, as in a strict load."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    new = [k for k in missing if k.startswith(("refiner.", "selector."))]
+    new = [k for k in missing if k.startswith(("refiner.", "selector.", "places."))]
     if unexpected or len(new) != len(missing):
         model.load_state_dict(state)  # raises, naming the keys
     return sorted({k.split(".")[0] for k in new})

@@ -41,6 +41,8 @@ class MMI(nn.Module):
         refiner: a MaskRefiner or None; refine_only: train it alone (refine.py).
         selector: a RegionSelector or None, applied out of training to the final logits;
         select_only: train it alone (select.py).
+        places: a WordPlaces or None, applied to the decoder's output (where each word's object
+        lies from each pixel, places.py); places_only: train it alone.
     """
 
     def __init__(self, backbone: nn.Module, vision: VisionEncoder, language: LanguageEncoder, decoder: MutualDecoder,
@@ -48,14 +50,17 @@ class MMI(nn.Module):
                  lfr_weight: float = 0.1, mask_weight: float = 1.0, frozen_backbone: bool = False,
                  dice_weight: float = 0.0, config: dict | None = None, sentence_fusion: nn.Module | None = None,
                  aux_weight: float = 0.0, refiner: nn.Module | None = None, refine_only: bool = False,
-                 selector: nn.Module | None = None, select_only: bool = False):
+                 selector: nn.Module | None = None, select_only: bool = False, places: nn.Module | None = None,
+                 places_only: bool = False):
         super().__init__()
         if refine_only and refiner is None:
             raise ValueError("refine_only trains the refiner alone, but this model has none (refine_channels=0)")
         if select_only and selector is None:
             raise ValueError("select_only trains the region selector alone, but this model has none (select_regions off)")
-        if refine_only and select_only:
-            raise ValueError("refine_only and select_only each train one part alone: set one of them")
+        if places_only and places is None:
+            raise ValueError("word_places_only trains the word-places block alone, but this model has none (word_places off)")
+        if refine_only + select_only + places_only > 1:
+            raise ValueError("refine_only, select_only and word_places_only each train one part alone: set one of them")
         self.backbone, self.vision, self.language = backbone, vision, language
         self.decoder, self.mask_head, self.lfr = decoder, mask_head, lfr
         self.sentence_fusion = sentence_fusion
@@ -68,7 +73,9 @@ class MMI(nn.Module):
         self.refine_only = bool(refine_only)
         self.selector = selector
         self.select_only = bool(select_only)
-        self.frozen_backbone = frozen_backbone or self.refine_only or self.select_only
+        self.places = places
+        self.places_only = bool(places_only)
+        self.frozen_backbone = frozen_backbone or self.refine_only or self.select_only or self.places_only
         self.feature_cache = None  # a FeatureCache of memoised_part()'s outputs (training speed-up), not saved
         if self.frozen_backbone:
             self.backbone.requires_grad_(False)
@@ -81,13 +88,16 @@ class MMI(nn.Module):
     @property
     def trains_alone(self) -> str | None:
         """The one child trained while every other weight stays fixed: "refiner" (``refine_only``),
-        "selector" (``select_only``) or None."""
-        return "refiner" if self.refine_only else "selector" if self.select_only else None
+        "selector" (``select_only``), "places" (``places_only``) or None."""
+        for name, alone in (("refiner", self.refine_only), ("selector", self.select_only), ("places", self.places_only)):
+            if alone:
+                return name
+        return None
 
     def train(self, mode: bool = True) -> "MMI":
         """As ``nn.Module.train``; a frozen backbone stays in eval mode (its BatchNorm
         statistics stay those of its pretraining), and so does everything
-        but the part trained alone with ``refine_only`` or ``select_only``."""
+        but the part trained alone with ``refine_only``, ``select_only`` or ``places_only``."""
         super().train(mode)
         if self.frozen_backbone:
             self.backbone.eval()
@@ -171,6 +181,8 @@ class MMI(nn.Module):
             pixels = self.sentence_fusion(pixels, lang[1])
         x, maps = self.decoder(pixels, feats["pos"], lang[0], word_mask, layer_outputs)
         H, W = feats["hw"]
+        if self.places is not None:  # (B, layers * heads, T, HW): every layer's LAV
+            x = self.places(x, torch.cat([m["lav"] for m in maps], 1), (H, W), lang[0], lang[1], word_mask)
         grid = x.transpose(1, 2).reshape(B, -1, H, W)
         if self.refiner is None and self.selector is None:
             out = {"logits": self.mask_head(grid, skip, lang[1])}
@@ -233,6 +245,9 @@ class MMI(nn.Module):
             return out
         if self.refiner is not None:
             loss = loss + self._mask_loss(out["coarse_logits"], batch["mask"], out, "_coarse")
+        if self.places_only:  # through the fixed mask head and refiner: their two masks
+            out["loss"] = loss
+            return out
         if layers:
             H, W = feats["hw"]
             small = F.interpolate(batch["mask"].float(), size=(H, W), mode="area")

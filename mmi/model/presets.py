@@ -28,7 +28,9 @@ Settings:
     default) and select_only (train the selector alone); select_maps, select_words and
     select_context (the selector also reads, per word, what the decoder's attention maps say of
     each region; attends over the words; attends over the decoder's grid, told where each cell
-    lies from the region; off by default).
+    lies from the region; off by default); word_places (a WordPlaces block tells each pixel where
+    each word's LAV mass lies from it, places.py; off by default) and word_places_only (train it
+    alone).
 
 Backbone weights: a path loads that file (Darknet ``.weights`` or a PyTorch state dict
 for darknet53; official or torchvision Swin checkpoints for swin_b; a state dict for any);
@@ -66,6 +68,7 @@ from .language import LanguageEncoder
 from .lfr import LanguageReconstruction
 from .mask_head import MaskHead
 from .mmi import MMI
+from .places import WordPlaces
 from .refine import MaskRefiner
 from .select import RegionSelector
 from .vision import VisionEncoder
@@ -77,7 +80,7 @@ _COMMON = dict(backbone_options={}, input_norm="imagenet", encoder_layers=2, dec
                word_gate=False, sentence_fusion=False, language_norm=False, coord_features=False, aux_weight=0.0,
                skip_fusion=False, refine_channels=0, refine_only=False, refine_context=False,
                select_regions=False, select_only=False, select_context=False, select_words=False,
-               select_maps=False)
+               select_maps=False, word_places=False, word_places_only=False)
 
 # The value of each setting added after checkpoints were shipped that rebuilds the earlier
 # behaviour; a stored config without the key gets it (build_model_from_config).
@@ -167,11 +170,16 @@ def resolve_config(preset: str, vocab_size: int, **overrides) -> dict:
             raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
     if cfg["select_only"] and not cfg["select_regions"]:
         raise ValueError("select_only trains the region selector alone: give it one (select_regions: true)")
-    if cfg["select_only"] and cfg["refine_only"]:
-        raise ValueError("refine_only and select_only each train one part alone: set one of them")
     for key in ("select_context", "select_words", "select_maps"):
         if cfg[key] and not cfg["select_regions"]:
             raise ValueError(f"{key} is an input of the region selector: give it one (select_regions: true)")
+    for key in ("word_places", "word_places_only"):
+        if cfg[key] not in (True, False):
+            raise ValueError(f"{key} must be true or false, got {cfg[key]!r}")
+    if cfg["word_places_only"] and not cfg["word_places"]:
+        raise ValueError("word_places_only trains the word-places block alone: give it one (word_places: true)")
+    if cfg["word_places_only"] + cfg["refine_only"] + cfg["select_only"] > 1:
+        raise ValueError("refine_only, select_only and word_places_only each train one part alone: set one of them")
     w = cfg["backbone_weights"]
     if w == "default" and cfg["backbone"] in NO_DEFAULT_WEIGHTS:
         raise ValueError(f"backbone_weights='default' for {cfg['backbone']}: it has no default weights (it used to mean "
@@ -206,10 +214,12 @@ def build_model(preset: str, vocab_size: int, **overrides) -> MMI:
     selector = (RegionSelector(dim, cfg["head_channels"] // 4, context=cfg["select_context"], words=cfg["select_words"],
                                maps=cfg["decoder_layers"] * heads if cfg["select_maps"] else 0)
                 if cfg["select_regions"] else None)
+    places = WordPlaces(dim, cfg["decoder_layers"] * heads) if cfg["word_places"] else None
     model = MMI(backbone, vision, language, decoder, head, lfr, cfg["image_size"], t_max,
                 cfg["lfr_weight"], cfg["mask_weight"], cfg["frozen_backbone"], cfg["dice_weight"], config=cfg,
                 sentence_fusion=sentence, aux_weight=cfg["aux_weight"], refiner=refiner,
-                refine_only=cfg["refine_only"], selector=selector, select_only=cfg["select_only"])
+                refine_only=cfg["refine_only"], selector=selector, select_only=cfg["select_only"], places=places,
+                places_only=cfg["word_places_only"])
     # what the backbone started from: "random" or {file, sha256, bytes, loaded_as} (log.jsonl, checkpoints, eval JSON)
     model.backbone_weights_record = weights_record(weights, backbone)
     return model
