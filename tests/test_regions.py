@@ -84,3 +84,20 @@ def test_regions_found_in_the_masks_box_are_the_whole_images():
     one = np.zeros((5, 6), bool)
     one[4, 5] = one[1, 2] = True
     assert bounding_box(one) == (1, 5, 2, 6)
+
+
+def test_bench_regions_times_both_ways_on_masks_they_agree_on(capsys):
+    """bench/bench_regions.py: both ways give the same masks (checked before timing), a time each."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "bench_regions.py")
+    spec = importlib.util.spec_from_file_location("bench_regions", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    items = bench.masks(4, 60, 80)
+    assert [split_regions(m, p, "all")[1] for m, p in items] == [1, 2, 1, 2]
+    times = bench.run(items, repeats=1, rounds=2)
+    assert set(times) == {bench.WHOLE, bench.BOX} and all(v > 0 for v in times.values())
+    assert bench.main(["--size", "80x60", "--masks", "2", "--repeats", "1", "--rounds", "1"]) == 0
+    assert "box / whole" in capsys.readouterr().out
