@@ -25,15 +25,25 @@
 #                  model and trained alone, 3 epochs on seed-0 train (configs/demo_synref_select.json:
 #                  everything else fixed, the same memo; best.pt: epoch 2), ~23 min
 #   evaluation     scripts/evaluate_shipped.sh: stage 4's export to weights/, every split, probes
+# From another stage 1 (a later GPU leg's export, e.g. runs/stage1d.pt; BENCHMARKS.md, "The next leg"):
+#   STAGE1_CKPT=runs/stage1d.pt OUTDIR=runs/shipped_d bash scripts/train_shipped.sh data
+# its own memo (data/cache/synref_<name>_256.pt) and its own run folders, so nothing of the
+# shipped recipe's runs is taken for done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-data}
 PY=${PY:-.venv/bin/python}
-OUTDIR=runs/shipped
+OUTDIR=${OUTDIR:-runs/shipped}
 SOUP=$OUTDIR/average
 CONFIG2=configs/demo_synref_stage2.json
 INIT=assets/recipes/gpu/stage1c.pt
 CACHE=$DATA/cache/synref_gpu_stage1c_256.pt
+if [ -n "${STAGE1_CKPT:-}" ]; then
+  [ -f "$STAGE1_CKPT" ] || { echo "error: STAGE1_CKPT=$STAGE1_CKPT: no such file" >&2; exit 2; }
+  [ "$OUTDIR" != runs/shipped ] || { echo "error: STAGE1_CKPT: name an OUTDIR of its own (runs/shipped holds the shipped recipe's runs)" >&2; exit 2; }
+  INIT=$STAGE1_CKPT
+  CACHE=$DATA/cache/synref_$(basename "$STAGE1_CKPT" .pt)_256.pt
+fi
 
 if [ "${STAGE1:-}" = gpu ]; then
   RUN1=runs/demo_synref_gpu

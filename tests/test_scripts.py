@@ -747,6 +747,40 @@ def test_train_shipped_recipe_is_valid_and_starts_from_the_committed_stage_1():
     assert 'evaluate_shipped.sh "$OUTDIR/select/mmi.pt"' in text
 
 
+def test_train_shipped_from_another_stage_1_uses_its_own_memo_and_folders(tmp_path):
+    """STAGE1_CKPT (a later GPU leg's export): stage 2's memo is made from it, under its own name,
+    every stage writes under OUTDIR, the average is of it; no such file, or the shipped recipe's
+    own folder, is refused before anything runs."""
+    import subprocess
+
+    calls, data, out = tmp_path / "calls.txt", tmp_path / "data", tmp_path / "out"
+    ckpt = tmp_path / "stage1d.pt"
+    ckpt.write_bytes(b"")
+    (data / "synref").mkdir(parents=True)
+    fake = tmp_path / "fake_python"  # stands in for the interpreter: records each call, makes nothing
+    fake.write_text(f'#!/usr/bin/env bash\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PY": str(fake), "STAGE1_CKPT": str(ckpt), "OUTDIR": str(out)}
+    script = str(ROOT / "scripts" / "train_shipped.sh")
+    res = subprocess.run(["bash", script, str(data)], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    lines = calls.read_text().splitlines()
+    memo = f"train.feature_cache_file={data}/cache/synref_stage1d_256.pt"
+    assert [line for line in lines if "mmi.model.feature_cache" in line] == [
+        f"-m mmi.model.feature_cache --config configs/demo_synref_stage2.json --set data.root={data} {memo} "
+        f"train.init_from={ckpt} output={out}/memo"]
+    trains = [line for line in lines if line.startswith("train.py --config")]
+    assert len(trains) == 3 and all(memo in line and f"output={out}/" in line for line in trains)
+    assert f"-m mmi.engine.checkpoint average {ckpt} {out}/stage2_s0/best.pt --out {out}/average/mmi.pt" in lines
+    assert not any("runs/shipped" in line for line in lines)
+    for bad, message in (({"STAGE1_CKPT": str(tmp_path / "none.pt")}, "no such file"),
+                         ({"OUTDIR": "runs/shipped"}, "an OUTDIR of its own")):
+        calls.unlink(missing_ok=True)
+        res = subprocess.run(["bash", script, str(data)], capture_output=True, text=True, env={**env, **bad},
+                             timeout=60)
+        assert res.returncode == 2 and message in res.stderr and not calls.exists()
+
+
 def test_check_refine_box_compares_every_mask_of_a_split(tmp_path, monkeypatch):
     """scripts/check_refine_box.py evaluates a refiner's checkpoint with and without its box and
     counts the masks that differ: none for a model whose boxes cover its whole map, every
