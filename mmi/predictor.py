@@ -55,7 +55,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .data.transforms import Letterbox, letterbox, normalization, to_tensor
 from .engine.precision import autocast, resolve_amp
-from .regions import check_mode, count_regions, keep_regions, split_regions
+from .regions import check_mode, keep_regions, split_regions
 from .text import Vocabulary
 
 FULL_RES_PIXELS = 4096 * 4096
@@ -465,11 +465,10 @@ class Predictor:
         full = mask.size <= FULL_RES_PIXELS
         if full:
             mask, found = split_regions(mask, prob, regions)
-        else:
-            found = count_regions(fg)
-            mask = keep_regions(mask, prob, regions)
-        if regions != "all":
             fg = keep_regions(fg, crop, regions)
+        else:  # regions counted on the canvas crop (one labelling for the count and the kept region)
+            fg, found = split_regions(fg, crop, regions)
+            mask = keep_regions(mask, prob, regions)
         confidence = float(crop[fg].mean()) if fg.any() else 0.0
         return Prediction(expression=expr, mask=mask, canvas_prob=canvas_prob, letterbox=lb, threshold=threshold,
                           tokens=list(enc.tokens), unknown=list(enc.unknown), dropped=list(enc.dropped),

@@ -193,7 +193,7 @@ def test_evaluate_with_one_region_kept_scores_the_peak_region(root, monkeypatch)
     import mmi.engine.evaluate as evaluate_module
     from mmi.data import build_dataset
     from mmi.model import build_model
-    from mmi.predictor import count_regions
+    from mmi.regions import count_regions
     from mmi.text import Vocabulary
 
     def two_blobs(model, batch, device, amp="off", channels_last=False, mirror=None):

@@ -79,3 +79,21 @@ def test_word_places_settings_are_checked():
         build_model("tiny", 20, refine_channels=4, refine_only=True, word_places=True, word_places_only=True)
     with pytest.raises(ValueError, match="word_places must be true or false"):
         build_model("tiny", 20, word_places="yes")
+
+
+def test_word_places_and_a_selector_reading_the_maps_share_them():
+    """The decoder's maps are stacked once for both readers: the block's LAV and the selector's."""
+    torch.manual_seed(0)
+    model = build_model("tiny", 20, refine_channels=4, word_places=True, select_regions=True, select_maps=True)
+    torch.nn.init.normal_(model.places.out.weight, std=0.5)
+    model.eval()
+    with torch.no_grad():
+        out = model(_batch(), return_attention=True)
+        model.places.out.weight.zero_()
+        plain = model(_batch())
+    assert out["logits"].shape == out["selected_from"].shape == (2, 1, 32, 32)
+    assert not torch.equal(out["coarse_logits"], plain["coarse_logits"])  # the block's output reached the head
+    model.train()
+    select = model._decode(model.encode_image(_batch()["image"]), _batch()["words"], _batch()["word_mask"],
+                           model.language(_batch()["words"], _batch()["word_mask"]), False)[0]["select_inputs"]
+    assert select["maps"].shape == (2, 2, 2 * 2, 8, 4, 4)  # LAV and VAL of 2 layers x 2 heads, T, 4 x 4 grid

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from mmi.predictor import FULL_RES_PIXELS, Predictor, count_regions, display_size, image_key, to_rgb
+from mmi.predictor import FULL_RES_PIXELS, Predictor, display_size, image_key, to_rgb
+from mmi.regions import count_regions
 
 EXPRS = ["the red cube on the left", "a blue ball", "the big green thing at the top"]
 

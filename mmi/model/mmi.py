@@ -181,8 +181,11 @@ class MMI(nn.Module):
             pixels = self.sentence_fusion(pixels, lang[1])
         x, maps = self.decoder(pixels, feats["pos"], lang[0], word_mask, layer_outputs)
         H, W = feats["hw"]
-        if self.places is not None:  # (B, layers * heads, T, HW): every layer's LAV
-            x = self.places(x, torch.cat([m["lav"] for m in maps], 1), (H, W), lang[0], lang[1], word_mask)
+        # every layer's maps stacked, (B, layers * heads, T, HW) a kind, once for the parts that read them
+        stacked = ({k: torch.cat([m[k] for m in maps], 1) for k in maps[0]}
+                   if self.places is not None or (self.selector is not None and self.selector.maps) else None)
+        if self.places is not None:
+            x = self.places(x, stacked["lav"], (H, W), lang[0], lang[1], word_mask)
         grid = x.transpose(1, 2).reshape(B, -1, H, W)
         if self.refiner is None and self.selector is None:
             out = {"logits": self.mask_head(grid, skip, lang[1])}
@@ -194,8 +197,7 @@ class MMI(nn.Module):
             inputs = {"logits": out["logits"], "hidden": hidden, "grid": grid, "sentence": lang[1], "words": lang[0],
                       "word_mask": word_mask, "maps": None}
             if self.selector.maps:  # (B, 2, layers * heads, T, H, W): LAV and VAL
-                stacked = [torch.cat([m[k] for m in maps], 1) for k in ("lav", "val")]
-                inputs["maps"] = torch.stack(stacked, 1).unflatten(-1, (H, W))
+                inputs["maps"] = torch.stack([stacked["lav"], stacked["val"]], 1).unflatten(-1, (H, W))
             if self.training:
                 out["select_inputs"] = inputs
             else:

@@ -30,8 +30,7 @@ class WordPlaces(nn.Module):
 
     def __init__(self, dim: int, maps: int, width: int = 32):
         super().__init__()
-        self.maps = int(maps)
-        self.embed = nn.Linear(DIRECTIONS * self.maps, width)
+        self.embed = nn.Linear(DIRECTIONS * maps, width)
         self.gate = nn.Linear(2 * dim, width)
         self.out = nn.Linear(width, dim)
         nn.init.zeros_(self.out.weight)
